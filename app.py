@@ -1,8 +1,344 @@
-"""GLOWDeblur web app (placeholder until the pipeline lands)."""
-import gradio as gr
+"""GLOWDeblur web app (also the Hugging Face Space entry point): `python app.py` -> http://127.0.0.1:7860
 
-with gr.Blocks(title="GLOWDeblur") as demo:
-    gr.Markdown("# GLOWDeblur\nNo model yet: the pipeline is being built.")
+UI only: the model lives in `glow/` (GLOWDeblurPipeline), image reading in `glow.io`, the motion-field picture in
+`glow.visualize`. Environment:
+  GLOW_MODEL            Hub id or local pipeline folder (default: the folder shipped in the package)
+  GLOW_MAX_MEGAPIXELS   hard cap on the upload size in megapixels (default 24)
+  GLOW_TILE_ABOVE_MP    images above this many megapixels are deblurred in tiles when "tile size" is auto (default 1.5)
+  GRADIO_SERVER_PORT / GRADIO_SERVER_NAME   where to serve (Gradio's own variables)
+API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblur")` (see README, "Web app and API").
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import spaces  # the @spaces.GPU decorator is a no-op off ZeroGPU Spaces
+import torch
+from PIL import Image
+
+import glow
+from glow.io import ImageReadError, load_image
+from glow.visualize import describe_motion_field, draw_motion_field
+
+logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logger = logging.getLogger("glowdeblur.app")
+logger.setLevel(logging.INFO)
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "examples"
+MODEL_ID = os.environ.get("GLOW_MODEL") or glow.DEFAULT_MODEL_PATH
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MAX_MEGAPIXELS = float(os.environ.get("GLOW_MAX_MEGAPIXELS", 24))
+TILE_ABOVE_MP = float(os.environ.get("GLOW_TILE_ABOVE_MP", 1.5))
+AUTO_TILE_SIZE = 512
+MIN_SIDE = 16  # px; smaller images carry no blur worth removing (and one 8-px motion patch would cover them)
+PREVIEW_LONG_SIDE = 2048  # on-page pictures are capped here; the PNG download is always full resolution
+MAX_UPLOAD = "50mb"
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "glowdeblur_outputs"
+OUTPUT_MAX_AGE_S = 3600
+
+DEFAULT_STEPS = 2
+MAX_STEPS = 8
+DEFAULT_FIDELITY = 0.5
+DEFAULT_SEED = 0
+
+
+def load_pipeline():
+    from glow import GLOWDeblurPipeline
+
+    started = time.perf_counter()
+    pipe = GLOWDeblurPipeline.from_pretrained(MODEL_ID)
+    pipe = pipe.to(DEVICE)
+    pipe.set_progress_bar_config(disable=True)
+    logger.info("loaded %s on %s in %.1f s", MODEL_ID, DEVICE, time.perf_counter() - started)
+    return pipe
+
+
+PIPE = load_pipeline()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model call (the only GPU work)
+# ---------------------------------------------------------------------------------------------------------------
+@spaces.GPU(duration=60)
+def run_pipeline(rgb: Image.Image, prompt: str | None, fidelity: float, steps: int, seed: int, tile_size: int,
+                 tile_overlap: int, progress=gr.Progress()):
+    """Deblur one RGB image; returns (deblurred PIL, motion field [3, h/8, w/8] on CPU, pre-reconstruction PIL)."""
+    calls = [0]
+    expected_calls = max(1, steps)
+
+    def on_step_end(pipe, step, timestep, callback_kwargs):
+        # With tiling the pipeline calls back once per step per tile: the bar then counts all of them.
+        calls[0] += 1
+        total = max(expected_calls, calls[0])
+        progress((calls[0], total), desc="Refining details")
+        return callback_kwargs
+
+    output = PIPE(
+        rgb,
+        prompt=prompt or None,
+        num_inference_steps=steps,
+        fidelity=fidelity,
+        generator=torch.Generator().manual_seed(seed),
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        output_type="pil",
+        return_dict=True,
+        callback_on_step_end=on_step_end,
+    )
+    motion = output.motion_fields[0]
+    if hasattr(motion, "detach"):
+        motion = motion.detach().float().cpu()
+    return output.images[0], motion, output.prereconstructions[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input handling
+# ---------------------------------------------------------------------------------------------------------------
+def _upload_path(value) -> tuple[str | None, str]:
+    """The file path and the user's file name of an Image input read with preprocess=False (or a plain path)."""
+    if value is None:
+        return None, ""
+    if isinstance(value, dict):
+        path = value.get("path")
+        name = value.get("orig_name") or (Path(path).name if path else "")
+        return path, name
+    return str(value), Path(str(value)).name
+
+
+def _peek(path: str) -> tuple[tuple[int, int] | None, list[str]]:
+    """Header-only look at the upload: its size (for the caps, before decoding) and notes worth telling the user."""
+    notes = []
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if getattr(im, "n_frames", 1) > 1:
+                notes.append(f"animated {im.format} ({im.n_frames} frames): the first frame was deblurred")
+            if im.mode == "CMYK":
+                notes.append("CMYK image: converted to RGB")
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                notes.append("16-bit grayscale image: read at full precision, output as 8-bit")
+            elif im.tile and "16" in str(im.tile[0][3]):  # e.g. rawmode "RGB;16B": 48-bit colour
+                notes.append("16-bit colour image: read at 8 bits per channel")
+            return size, notes
+    except Exception:  # not decodable here: load_image gives the readable reason
+        return None, notes
+
+
+def _friendly(error: Exception, path: str, name: str) -> str:
+    """glow.io messages name the server-side temp path; show the user's file name instead."""
+    return str(error).replace(f"'{path}'", f"'{name}'" if name else "the upload").replace(path, name or "the upload")
+
+
+def read_upload(value) -> tuple[Image.Image, str, list[str]]:
+    """Upload -> (PIL image in RGB/RGBA/L, file name, notes). Raises gr.Error with a readable message."""
+    path, name = _upload_path(value)
+    if not path:
+        raise gr.Error("Please upload a photo first (drag and drop, paste, or click to browse).", title="No image")
+    size, notes = _peek(path)
+    if size is not None:
+        w, h = size
+        if w * h > MAX_MEGAPIXELS * 1e6:
+            raise gr.Error(
+                f"'{name}' is {w}x{h} = {w * h / 1e6:.1f} megapixels; this app accepts up to {MAX_MEGAPIXELS:g} MP. "
+                "Please downscale it first.", title="Image too large")
+    try:
+        image = load_image(path, max_pixels=int(MAX_MEGAPIXELS * 1e6))
+    except ImageReadError as e:
+        raise gr.Error(_friendly(e, path, name) + ". Supported: JPEG, PNG, WebP, BMP, TIFF, GIF.",
+                       title="Cannot read this file") from None
+    if min(image.size) < MIN_SIDE:
+        raise gr.Error(f"'{name}' is only {image.width}x{image.height} px; GLOWDeblur needs at least "
+                       f"{MIN_SIDE}x{MIN_SIDE} px.", title="Image too small")
+    if image.mode == "RGBA":
+        notes.append("transparency kept: the alpha channel is copied to the PNG download")
+    elif image.mode == "L":
+        notes.append("grayscale image: the PNG download is grayscale too")
+    return image, name, notes
+
+
+def _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap):
+    try:
+        fidelity = min(1.0, max(0.0, float(fidelity)))
+        steps = int(min(MAX_STEPS, max(1, round(float(steps)))))
+        seed = int(float(seed)) % (2**32) if seed not in (None, "") else DEFAULT_SEED
+        tile_size = int(max(0, round(float(tile_size or 0))))
+        tile_overlap = int(max(0, round(float(tile_overlap or 0))))
+    except (TypeError, ValueError) as e:
+        raise gr.Error(f"Invalid setting: {e}", title="Invalid settings") from None
+    return fidelity, steps, seed, tile_size, tile_overlap
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output handling
+# ---------------------------------------------------------------------------------------------------------------
+def _preview(image: Image.Image) -> Image.Image:
+    if max(image.size) <= PREVIEW_LONG_SIDE:
+        return image
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_LONG_SIDE, PREVIEW_LONG_SIDE), Image.LANCZOS)
+    return preview
+
+
+def _purge_old_outputs() -> None:
+    if not OUTPUT_DIR.is_dir():
+        return
+    now = time.time()
+    for entry in OUTPUT_DIR.iterdir():
+        try:
+            if now - entry.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def save_png(image: Image.Image, name: str) -> str:
+    _purge_old_outputs()
+    folder = OUTPUT_DIR / uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in (Path(name).stem or "image"))[:80]
+    path = folder / f"{stem}_deblurred.png"
+    image.save(path, format="PNG", compress_level=1)  # speed over a few percent of size
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The event handler (also the /deblur API)
+# ---------------------------------------------------------------------------------------------------------------
+def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, progress=gr.Progress()):
+    """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report)."""
+    started = time.perf_counter()
+    progress(0.0, desc="Reading the image")
+    fidelity, steps, seed, tile_size, tile_overlap = _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap)
+    original, name, notes = read_upload(image)
+    alpha = original.getchannel("A") if original.mode == "RGBA" else None
+    rgb = original.convert("RGB")
+    w, h = rgb.size
+    if tile_size == 0 and w * h > TILE_ABOVE_MP * 1e6:
+        tile_size = AUTO_TILE_SIZE
+    if tile_size:
+        tile_size = max(64, tile_size)
+        tile_overlap = min(tile_overlap, tile_size // 2)
+        notes.append(f"processed in {tile_size}-px tiles overlapping by {tile_overlap} px")
+
+    progress(0.05, desc="Estimating motion and deblurring")
+    try:
+        restored, motion, prerecon = run_pipeline(rgb, (prompt or "").strip()[:500], fidelity, steps, seed,
+                                                  tile_size, tile_overlap, progress)
+    except gr.Error:
+        raise
+    except (MemoryError, torch.OutOfMemoryError):
+        logger.exception("out of memory on a %dx%d image", w, h)
+        raise gr.Error("Ran out of memory on this image. Try a smaller tile size (Advanced) or a smaller image.",
+                       title="Out of memory") from None
+    except Exception as e:  # never a stack trace on the page; the log keeps it
+        logger.exception("deblurring failed on a %dx%d image", w, h)
+        raise gr.Error(f"Deblurring failed: {type(e).__name__}: {str(e)[:300]}", title="Deblurring failed") from None
+
+    progress(0.95, desc="Saving")
+    restored = restored.convert("RGB")
+    if restored.size != rgb.size:  # the pipeline crops its padding; be strict about it
+        raise gr.Error(f"Internal error: output size {restored.size} differs from input size {rgb.size}")
+    download = restored.convert("L") if original.mode == "L" else restored
+    if alpha is not None:
+        download = restored.copy()
+        download.putalpha(alpha)
+    png_path = save_png(download, name)
+
+    before = _preview(rgb)
+    after = _preview(restored)
+    overlay = draw_motion_field(before, motion, source_size=rgb.size)
+    report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
+              f"{', prompt: ' + repr(prompt.strip()[:80]) if prompt and prompt.strip() else ''} — "
+              f"done in {time.perf_counter() - started:.1f} s on {DEVICE}.",
+              f"Estimated motion: {describe_motion_field(motion)}."]
+    report += [f"Note: {n}." for n in notes]
+    if before.size != rgb.size:
+        report.append(f"Pictures on this page are downscaled to {before.width}x{before.height}; "
+                      "the PNG download is full resolution.")
+    return (before, after), overlay, _preview(prerecon.convert("RGB")), png_path, "\n\n".join(report)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Page
+# ---------------------------------------------------------------------------------------------------------------
+def list_examples() -> list[str]:
+    exts = {".jpg", ".jpeg", ".png", ".webp"}
+    return [str(p) for p in sorted(EXAMPLES_DIR.iterdir()) if p.suffix.lower() in exts] if EXAMPLES_DIR.is_dir() else []
+
+
+INTRO = """# GLOWDeblur
+Real-world deblurring: motion blur, camera shake, defocus. Upload a blurry photo (drag and drop, paste or browse), then
+press **Deblur**. The model first estimates the blur (the *motion field*), deconvolves with it (the
+*pre-reconstruction*), then a small diffusion transformer restores fine detail. Runs on a laptop CPU."""
+
+MOTION_HELP = ("Each mark is the blur estimated there, at true scale: a line is a streak (motion / shake) of that "
+               "length and direction; a circle is isotropic blur (defocus) of that diameter. Colour = direction "
+               "(see the ring).")
+
+CSS = """
+#deblur-btn {min-height: 48px}
+footer {display: none !important}
+"""
+
+with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
+    gr.Markdown(INTRO)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            input_image = gr.Image(
+                label="Blurry photo", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                height=360, elem_id="input-image",
+            )
+            prompt = gr.Textbox(label="Describe the scene (optional)", max_lines=2, max_length=500,
+                                placeholder="e.g. a street with parked cars and a shop sign",
+                                info="Semantic guidance: a few words about what is in the picture.")
+            fidelity = gr.Slider(0.0, 1.0, value=DEFAULT_FIDELITY, step=0.05, label="Detail ⟷ Fidelity",
+                                 info="1 = the deconvolution only (most faithful); lower = more restored detail.")
+            with gr.Row():
+                steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps",
+                                  info="Diffusion refinement steps.")
+                seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed")
+            with gr.Accordion("Advanced: tiling", open=False):
+                tile_size = gr.Slider(0, 1024, value=0, step=64, label="Tile size (px, 0 = auto)",
+                                      info=f"Auto tiles images above {TILE_ABOVE_MP:g} MP in {AUTO_TILE_SIZE}-px tiles."
+                                           " Smaller tiles use less memory.")
+                tile_overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap (px)")
+            run = gr.Button("Deblur", variant="primary", elem_id="deblur-btn")
+        with gr.Column(scale=2, min_width=420):
+            slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="before-after", max_height=640)
+            with gr.Row():
+                motion_view = gr.Image(label="Estimated motion field", type="pil", elem_id="motion-field",
+                                       interactive=False)
+                prerecon_view = gr.Image(label="Pre-reconstruction (motion-guided deconvolution)", type="pil",
+                                         elem_id="prereconstruction", interactive=False, format="png")
+            gr.Markdown(MOTION_HELP)
+            download = gr.File(label="Full-resolution PNG", elem_id="download", interactive=False)
+            report = gr.Markdown(elem_id="report")
+    examples = list_examples()
+    if examples:
+        gr.Examples(examples=[[p] for p in examples], inputs=[input_image], label="Examples (click one, then Deblur)",
+                    examples_per_page=12)
+    gr.Markdown(f"Model: `{MODEL_ID if os.environ.get('GLOW_MODEL') else 'glow/default_model'}` on {DEVICE}. "
+                f"Uploads up to {MAX_MEGAPIXELS:g} MP / {MAX_UPLOAD}.")
+
+    run.click(
+        deblur,
+        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap],
+        outputs=[slider, motion_view, prerecon_view, download, report],
+        api_name="deblur",
+        # Raw input payloads: the upload reaches glow.io.load_image untouched (Gradio's own decoding would turn a
+        # corrupt file into an opaque error and 16-bit files into clipped 8-bit ones).
+        preprocess=False,
+    )
+
+demo.queue(default_concurrency_limit=1, max_size=16)  # 2 CPU cores: one image at a time, torch uses both
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(max_file_size=MAX_UPLOAD, css=CSS, show_error=False)
