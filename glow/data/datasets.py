@@ -1,0 +1,535 @@
+"""Torch datasets for BPP and joint fine-tuning. Every sample has the simulator's keys (DESIGN.md).
+
+Determinism: a sample is a pure function of (seed, epoch, index): `dataset.set_epoch(e)` before building the
+DataLoader iterator of epoch e (with `persistent_workers=False`, the default), and a resumed run sees the same data.
+Unreadable files are skipped with one warning per file (the next file is used instead); images smaller than the
+crop are reflect-padded (or upscaled when less than half the crop), never dropped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor
+from . import camera
+from .motion import KERNEL_PATCH, KERNEL_SIZE, MOTION_PATCH
+from .simulator import BlurSimulator, SimulatorConfig
+
+__all__ = [
+    "list_images",
+    "sample_seed",
+    "SharpFolderDataset",
+    "PairedFolderDataset",
+    "FrameFolderDataset",
+    "MixedDataset",
+    "collate",
+    "detect_layout",
+    "PAIRED_LAYOUTS",
+]
+
+_WARNED: set = set()
+_MAX_RETRIES = 16
+
+
+def _warn_once(path, err) -> None:
+    key = str(path)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"Skipping unreadable image {key}: {err}", RuntimeWarning, stacklevel=3)
+
+
+def list_images(roots, recursive: bool = True) -> list[Path]:
+    """All image files under one or more roots (sorted, so the order is the same on every machine)."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    files = []
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            files.append(root)
+            continue
+        if not root.is_dir():
+            raise FileNotFoundError(f"Image folder not found: {root}")
+        pattern = root.rglob("*") if recursive else root.glob("*")
+        files.extend(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(files)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed derived from (seed, epoch, index) with numpy's SeedSequence (independent streams)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]).generate_state(1, np.uint64)
+    return int(state[0]) >> 2
+
+
+def _load_rgb(path) -> torch.Tensor:
+    return image_to_tensor(path).clamp(0, 1)
+
+
+def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Make `image` at least `size` (h, w): reflect padding when it is at least half the size, else upscaling."""
+    th, tw = size
+    _, h, w = image.shape
+    if h >= th and w >= tw:
+        return image
+    if h * 2 < th or w * 2 < tw:
+        scale = max(th / h, tw / w)
+        nh, nw = max(th, math.ceil(h * scale)), max(tw, math.ceil(w * scale))
+        return F.interpolate(image.unsqueeze(0), size=(nh, nw), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    ph, pw = max(0, th - h), max(0, tw - w)
+    return F.pad(image.unsqueeze(0), (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")[0]
+
+
+def _augment(tensors: Sequence[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+    """The same random flip / 90-degree rotation for every tensor of a sample (the 8 dihedral transforms)."""
+    k = int(rng.integers(4))
+    flip = rng.random() < 0.5
+    out = []
+    for t in tensors:
+        if flip:
+            t = t.flip(-1)
+        if k:
+            t = torch.rot90(t, k, dims=(-2, -1))
+        out.append(t.contiguous())
+    return out
+
+
+def _resolution(resolution) -> tuple[int, int] | None:
+    if resolution is None:
+        return None
+    if isinstance(resolution, int):
+        return (resolution, resolution)
+    return (int(resolution[0]), int(resolution[1]))
+
+
+def _empty_truth(h: int, w: int) -> dict:
+    h8, w8 = math.ceil(h / MOTION_PATCH), math.ceil(w / MOTION_PATCH)
+    h64, w64 = math.ceil(h / KERNEL_PATCH), math.ceil(w / KERNEL_PATCH)
+    return {
+        "motion": torch.zeros(3, h8, w8),
+        "motion_valid": torch.zeros(1, h8, w8),
+        "kernel": torch.zeros(h64, w64, KERNEL_SIZE, KERNEL_SIZE),
+        "kernel_valid": torch.zeros(h64, w64),
+    }
+
+
+class _SeededDataset(Dataset):
+    """Map-style dataset whose item `index` is `sample(index, sample_seed(seed, epoch, index))`."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.sample(index, sample_seed(self.seed, self.epoch, index))
+
+    def sample(self, index: int, seed: int) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _make_simulator(simulator, seed: int) -> BlurSimulator:
+    if isinstance(simulator, BlurSimulator):
+        return simulator
+    if simulator is None or isinstance(simulator, (dict, SimulatorConfig)):
+        return BlurSimulator(simulator, seed=seed)
+    raise TypeError(f"simulator must be a BlurSimulator, a SimulatorConfig, a dict or None, not {type(simulator)}")
+
+
+class SharpFolderDataset(_SeededDataset):
+    """Sharp images (recursive, one or many roots) blurred on the fly by a `BlurSimulator`.
+
+    Each sample: a random crop of `resolution` (after a random downscale in `scale_range` when the image is large
+    enough, so blur sizes meet content at several scales), a random flip / rot90, then the simulator.
+    `length` defaults to the number of files; a larger value cycles through them.
+    """
+
+    def __init__(self, roots, resolution=256, simulator=None, seed: int = 0, length: int | None = None,
+                 augment: bool = True, scale_range: tuple | None = (0.5, 1.0), recursive: bool = True):
+        self.files = list_images(roots, recursive=recursive)
+        if not self.files:
+            raise ValueError(f"No images found in {roots}")
+        self.size = _resolution(resolution)
+        self.simulator = _make_simulator(simulator, seed)
+        self.seed = int(seed)
+        self.length = int(length) if length else len(self.files)
+        self.augment = augment
+        self.scale_range = scale_range
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _crop(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.size is None:
+            return image
+        th, tw = self.size
+        image = _fit(image, (th, tw))
+        _, h, w = image.shape
+        scale = 1.0
+        if self.scale_range is not None:
+            lo, hi = max(self.scale_range[0], th / h, tw / w), self.scale_range[1]
+            if lo < hi:
+                scale = float(rng.uniform(lo, hi))
+        ch, cw = min(h, round(th / scale)), min(w, round(tw / scale))
+        y = int(rng.integers(0, h - ch + 1))
+        x = int(rng.integers(0, w - cw + 1))
+        crop = image[:, y:y + ch, x:x + cw]
+        if (ch, cw) != (th, tw):
+            crop = F.interpolate(crop.unsqueeze(0), size=(th, tw), mode="bilinear", antialias=True,
+                                 align_corners=False)[0].clamp(0, 1)
+        return crop
+
+    def sample(self, index: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        for attempt in range(_MAX_RETRIES):
+            path = self.files[(index + attempt * 7919) % len(self.files)]
+            try:
+                image = _load_rgb(path)
+                break
+            except (ImageReadError, OSError) as err:
+                _warn_once(path, err)
+        else:
+            raise RuntimeError(f"{_MAX_RETRIES} unreadable images in a row in {self.files[0].parent}")
+        crop = self._crop(image, rng)
+        if self.augment:
+            (crop,) = _augment([crop], rng)
+        return self.simulator(crop, seed=int(rng.integers(1 << 62)))
+
+
+# --------------------------------------------------------------------------- paired real data
+PAIRED_LAYOUTS = ("folders", "gopro", "gopro_gamma", "realblur", "rsblur", "bsd")
+_BLUR_NAMES = ("blur", "blurry", "input", "inputs", "lq")
+_SHARP_NAMES = ("sharp", "gt", "target", "targets", "gt_sharp", "hq")
+
+
+def _find_list_files(root: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in root.glob("*.txt") if re.search(pattern, p.name, re.IGNORECASE))
+
+
+def detect_layout(root) -> str:
+    """Guess the paired layout of `root` (see PAIRED_LAYOUTS); raises ValueError naming what was expected."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Paired data folder not found: {root}")
+    subdirs = {p.name.lower() for p in root.iterdir() if p.is_dir()}
+    if any(b in subdirs for b in _BLUR_NAMES) and any(s in subdirs for s in _SHARP_NAMES):
+        return "folders"
+    if _find_list_files(root, r"realblur.*list"):
+        return "realblur"
+    if _find_list_files(root, r"rsblur"):
+        return "rsblur"
+    if next(root.glob("*/Blur/RGB"), None) is not None:
+        return "bsd"
+    if next(root.glob("*/blur"), None) is not None and next(root.glob("*/sharp"), None) is not None:
+        return "gopro"
+    if next(root.glob("*/blur_gamma"), None) is not None:
+        return "gopro_gamma"
+    if next(root.glob("**/real_blur/real_blur.png"), None) is not None or next(root.glob("**/blur.png"), None):
+        return "rsblur"
+    raise ValueError(
+        f"Cannot detect the paired layout of {root}: expected blur/+sharp/ folders, <seq>/blur + <seq>/sharp (GoPro), "
+        "<seq>/Blur/RGB + <seq>/Sharp/RGB (BSD), a RealBlur_*_list.txt or an RSBlur_*.txt list, or "
+        "<scene>/real_blur/real_blur.png + gt/gt_sharp.png (RSBlur)")
+
+
+def _match_by_name(blur_dir: Path, sharp_dir: Path) -> list[tuple[Path, Path]]:
+    sharp = {p.stem: p for p in list_images(sharp_dir, recursive=False)}
+    pairs = []
+    for b in list_images(blur_dir, recursive=False):
+        if b.stem in sharp:
+            pairs.append((b, sharp[b.stem]))
+    return pairs
+
+
+def _read_list(root: Path, list_file: Path) -> list[tuple[Path, Path]]:
+    """RealBlur / RSBlur list files: lines "gt_path blur_path [...]" relative to the dataset root."""
+    pairs = []
+    for line in list_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            pairs.append((root / parts[1], root / parts[0]))
+    return pairs
+
+
+def _paired_files(root: Path, layout: str, split: str, list_file) -> list[tuple[Path, Path]]:
+    if list_file is not None:
+        return _read_list(root, Path(list_file) if Path(list_file).is_absolute() else root / list_file)
+    if layout == "folders":
+        names = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+        blur_dir = next(names[n] for n in _BLUR_NAMES if n in names)
+        sharp_dir = next(names[n] for n in _SHARP_NAMES if n in names)
+        return _match_by_name(blur_dir, sharp_dir)
+    if layout in ("gopro", "gopro_gamma"):
+        blur_name = "blur" if layout == "gopro" else "blur_gamma"
+        pairs = []
+        for seq in sorted(p for p in root.iterdir() if (p / blur_name).is_dir() and (p / "sharp").is_dir()):
+            pairs += _match_by_name(seq / blur_name, seq / "sharp")
+        return pairs
+    if layout == "bsd":
+        pairs = []
+        for seq in sorted(p for p in root.iterdir() if (p / "Blur" / "RGB").is_dir()):
+            pairs += _match_by_name(seq / "Blur" / "RGB", seq / "Sharp" / "RGB")
+        return pairs
+    if layout == "realblur":
+        lists = _find_list_files(root, rf"realblur.*{split}.*list") or _find_list_files(root, r"realblur.*list")
+        return [pair for lf in lists for pair in _read_list(root, lf)]
+    if layout == "rsblur":
+        lists = _find_list_files(root, rf"rsblur.*{split}") or _find_list_files(root, r"rsblur")
+        if lists:
+            return [pair for lf in lists for pair in _read_list(root, lf)]
+        pairs = [(b, b.parent.parent / "gt" / "gt_sharp.png") for b in sorted(root.glob("**/real_blur/real_blur.png"))]
+        pairs += [(b, b.parent / "gt.png") for b in sorted(root.glob("**/blur.png"))]
+        return [(b, s) for b, s in pairs if s.is_file()]
+    raise ValueError(f"Unknown paired layout {layout!r}; choose from {PAIRED_LAYOUTS} or 'auto'")
+
+
+class PairedFolderDataset(_SeededDataset):
+    """Real (blurry, sharp) pairs with the same random crop (+ flip/rot90) applied to both.
+
+    `layout="auto"` detects one of PAIRED_LAYOUTS; `split` picks RealBlur/RSBlur list files ("train"/"test");
+    `list_file` forces one list. `resolution=None` returns full images (evaluation). Pairs have no motion or kernel
+    truth: both are zero with `*_valid` 0, `kinds=["real_pair", <layout>]`, `text=""`.
+    """
+
+    def __init__(self, root, layout: str = "auto", resolution=256, seed: int = 0, augment: bool = True,
+                 split: str = "train", list_file=None, length: int | None = None):
+        self.root = Path(root)
+        self.layout = detect_layout(self.root) if layout == "auto" else layout
+        self.pairs = _paired_files(self.root, self.layout, split, list_file)
+        if not self.pairs:
+            raise ValueError(f"No (blur, sharp) pairs found in {self.root} with layout {self.layout!r}")
+        self.size = _resolution(resolution)
+        self.seed = int(seed)
+        self.augment = augment
+        self.length = int(length) if length else len(self.pairs)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, index: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        for attempt in range(_MAX_RETRIES):
+            blur_path, sharp_path = self.pairs[(index + attempt * 7919) % len(self.pairs)]
+            try:
+                blurry, sharp = _load_rgb(blur_path), _load_rgb(sharp_path)
+            except (ImageReadError, OSError) as err:
+                _warn_once(f"{blur_path} / {sharp_path}", err)
+                continue
+            if blurry.shape != sharp.shape:
+                _warn_once(f"{blur_path} / {sharp_path}", f"sizes differ {tuple(blurry.shape)} vs {tuple(sharp.shape)}")
+                continue
+            break
+        else:
+            raise RuntimeError(f"{_MAX_RETRIES} unreadable pairs in a row in {self.root}")
+        if self.size is not None:
+            th, tw = self.size
+            blurry, sharp = _fit(blurry, self.size), _fit(sharp, self.size)
+            _, h, w = blurry.shape
+            y, x = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
+            blurry, sharp = blurry[:, y:y + th, x:x + tw], sharp[:, y:y + th, x:x + tw]
+        if self.augment:
+            blurry, sharp = _augment([blurry, sharp], rng)
+        out = {"blurry": blurry.contiguous(), "sharp": sharp.contiguous()}
+        out.update(_empty_truth(*sharp.shape[-2:]))
+        out.update({"kinds": ["real_pair", self.layout], "text": ""})
+        return out
+
+
+# --------------------------------------------------------------------------- high-fps frames
+class FrameFolderDataset(_SeededDataset):
+    """Motion blur from averaging k consecutive frames of a high-fps video in linear light (GoPro style).
+
+    `frames`: a slice (or (start, stop)) over the sorted frame files, e.g. `slice(0, -60)` for training;
+    `exclude_last=60` does the same. The blurry image is the mean of k frames (odd k in `k_range`) converted to
+    linear light with the sRGB curve; the sharp target is the middle frame. With `deterministic=True` (validation)
+    the windows are fixed and non-overlapping, k is the middle odd value of `k_range` (or `k`), the crop is central
+    and samples do not depend on the epoch. `camera=True` adds the simulator's noise/JPEG to the blurry image.
+    Motion truth is unknown: `motion_valid` = `kernel_valid` = 0.
+    """
+
+    def __init__(self, root, k_range=(5, 13), frames=None, exclude_last: int = 0, resolution=256, seed: int = 0,
+                 deterministic: bool = False, k: int | None = None, length: int | None = None,
+                 augment: bool | None = None, camera: bool | dict | SimulatorConfig = False):
+        self.root = Path(root)
+        files = list_images(self.root, recursive=False)
+        if isinstance(frames, tuple):
+            frames = slice(*frames)
+        if frames is not None:
+            files = files[frames]
+        if exclude_last:
+            files = files[:-exclude_last]
+        self.files = files
+        self.k_range = (int(k_range[0]), int(k_range[1]))
+        odd = [v for v in range(self.k_range[0], self.k_range[1] + 1) if v % 2 == 1]
+        if not odd:
+            raise ValueError(f"k_range {k_range} holds no odd frame count")
+        self.k_choices = odd
+        self.deterministic = deterministic
+        self.k_fixed = int(k) if k else odd[len(odd) // 2]
+        if len(files) < (self.k_fixed if deterministic else odd[0]):
+            raise ValueError(f"{self.root}: {len(files)} frames selected, too few for k={self.k_range}")
+        self.size = _resolution(resolution)
+        self.seed = int(seed)
+        self.augment = (not deterministic) if augment is None else augment
+        if deterministic:
+            self.length = (len(files) - self.k_fixed) // self.k_fixed + 1
+        else:
+            self.length = int(length) if length else len(files) - odd[0] + 1
+        self.simulator = None
+        if camera:
+            self.simulator = BlurSimulator(camera if not isinstance(camera, bool) else None, seed=seed)
+
+    @classmethod
+    def train_split(cls, root, holdout: int = 60, **kw) -> "FrameFolderDataset":
+        """All frames except the last `holdout` (the validation frames)."""
+        return cls(root, exclude_last=holdout, **kw)
+
+    @classmethod
+    def val_split(cls, root, holdout: int = 60, **kw) -> "FrameFolderDataset":
+        """Deterministic windows over the last `holdout` frames."""
+        kw.setdefault("deterministic", True)
+        return cls(root, frames=slice(-holdout, None), **kw)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if self.deterministic:  # validation: independent of the epoch
+            if not 0 <= index < len(self):
+                raise IndexError(index)
+            return self.sample(index, sample_seed(self.seed, 0, index))
+        return super().__getitem__(index)
+
+    def sample(self, index: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        n = len(self.files)
+        if self.deterministic:
+            k = self.k_fixed
+            start = (index * k) % max(1, n - k + 1)
+        else:
+            k = int(rng.choice([v for v in self.k_choices if v <= n]))
+            start = int(rng.integers(0, n - k + 1))
+        window = self.files[start:start + k]
+        middle = window[k // 2]
+        try:
+            sharp = _load_rgb(middle)
+        except (ImageReadError, OSError) as err:
+            _warn_once(middle, err)
+            return self.sample(index + 1, int(rng.integers(1 << 62)))
+        _, h, w = sharp.shape
+        if self.size is not None:
+            th, tw = self.size
+            if self.deterministic:
+                y, x = max(0, (h - th) // 2), max(0, (w - tw) // 2)
+            else:
+                y, x = int(rng.integers(0, max(1, h - th + 1))), int(rng.integers(0, max(1, w - tw + 1)))
+            box = (y, x, th, tw)
+        else:
+            box = (0, 0, h, w)
+        linear_sum, count = None, 0
+        for path in window:
+            try:
+                frame = sharp if path == middle else _load_rgb(path)
+            except (ImageReadError, OSError) as err:
+                _warn_once(path, err)
+                continue
+            if frame.shape != sharp.shape:
+                _warn_once(path, f"frame size {tuple(frame.shape)} differs from {tuple(sharp.shape)}")
+                continue
+            crop = _fit(frame[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]], box[2:])
+            lin = camera.srgb_to_linear(crop)
+            linear_sum = lin if linear_sum is None else linear_sum + lin
+            count += 1
+        blurred_linear = linear_sum / count
+        target = _fit(sharp[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]], box[2:])
+        if self.simulator is not None:
+            blurry = self.simulator.apply_camera(blurred_linear, seed=int(rng.integers(1 << 62)))
+        else:
+            blurry = camera.linear_to_srgb(blurred_linear)
+        if self.augment:
+            blurry, target = _augment([blurry, target], rng)
+        out = {"blurry": blurry.clamp(0, 1).contiguous(), "sharp": target.contiguous()}
+        out.update(_empty_truth(*target.shape[-2:]))
+        out.update({"kinds": ["frame_averaging"], "text": f"motion blur from averaging {count} video frames"})
+        return out
+
+
+# --------------------------------------------------------------------------- mixing
+class MixedDataset(_SeededDataset):
+    """Joint fine-tuning mix: item i comes from source s with probability ratios[s] (normalised).
+
+    A map-style dataset of fixed `length` (one epoch): the source and the index inside it are drawn from
+    (seed, epoch, i), and the source sample is generated with its own derived seed, so a DataLoader with
+    `shuffle=False` -- and accelerate's per-process sharding of it -- gives a reproducible, resumable order.
+    """
+
+    def __init__(self, sources: dict, ratios: dict | None = None, length: int = 1000, seed: int = 0):
+        if not sources:
+            raise ValueError("MixedDataset needs at least one source")
+        self.sources = dict(sources)
+        self.names = list(self.sources)
+        ratios = ratios or {n: 1.0 for n in self.names}
+        missing = set(ratios) - set(self.names)
+        if missing:
+            raise ValueError(f"ratios name unknown sources {sorted(missing)}; sources are {self.names}")
+        p = np.array([float(ratios.get(n, 0.0)) for n in self.names])
+        if (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"ratios must be non-negative with a positive sum, got {ratios}")
+        self.probs = p / p.sum()
+        self.length = int(length)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        for ds in self.sources.values():
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+    def source_of(self, index: int) -> tuple[str, int, int]:
+        """(source name, index inside it, seed for it) of item `index` in the current epoch."""
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        s = int(rng.choice(len(self.names), p=self.probs))
+        ds = self.sources[self.names[s]]
+        return self.names[s], int(rng.integers(len(ds))), int(rng.integers(1 << 62))
+
+    def sample(self, index: int, seed: int) -> dict:
+        name, inner, inner_seed = self.source_of(index)
+        ds = self.sources[name]
+        if hasattr(ds, "sample") and not getattr(ds, "deterministic", False):
+            return ds.sample(inner, inner_seed)
+        return ds[inner]
+
+
+def collate(samples: Iterable[dict]) -> dict:
+    """Batch samples: tensors stacked, `kinds` -> list of lists, `text` -> list of str."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("collate got an empty batch")
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"collate: '{key}' has different shapes in one batch: {sorted(shapes)} "
+                                 "(use the same resolution for every source)")
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
+    return out
