@@ -42,7 +42,7 @@ def gamma_to_linear(x: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def linear_to_gamma(x: torch.Tensor, gamma: float) -> torch.Tensor:
-    return x.clamp(0, 1).clamp_min(1e-8) ** (1.0 / gamma)
+    return x.clamp(0, 1).clamp_min(1e-12) ** (1.0 / gamma)
 
 
 def boost_highlights(linear: torch.Tensor, threshold: float, gain: float) -> torch.Tensor:

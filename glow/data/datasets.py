@@ -192,18 +192,19 @@ class SharpFolderDataset(_SeededDataset):
                                  align_corners=False)[0].clamp(0, 1)
         return crop
 
-    def sample(self, index: int, seed: int) -> dict:
-        rng = np.random.default_rng(seed)
+    def sample_image(self, index: int) -> torch.Tensor:
+        """The full RGB image behind item `index` (an unreadable file is skipped for a later one, warned once)."""
         for attempt in range(_MAX_RETRIES):
             path = self.files[(index + attempt * 7919) % len(self.files)]
             try:
-                image = _load_rgb(path)
-                break
+                return _load_rgb(path)
             except (ImageReadError, OSError) as err:
                 _warn_once(path, err)
-        else:
-            raise RuntimeError(f"{_MAX_RETRIES} unreadable images in a row in {self.files[0].parent}")
-        crop = self._crop(image, rng)
+        raise RuntimeError(f"{_MAX_RETRIES} unreadable images in a row in {self.files[0].parent}")
+
+    def sample(self, index: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        crop = self._crop(self.sample_image(index), rng)
         if self.augment:
             (crop,) = _augment([crop], rng)
         return self.simulator(crop, seed=int(rng.integers(1 << 62)))
