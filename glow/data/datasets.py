@@ -211,7 +211,7 @@ class SharpFolderDataset(_SeededDataset):
 
 
 # --------------------------------------------------------------------------- paired real data
-PAIRED_LAYOUTS = ("folders", "gopro", "gopro_gamma", "realblur", "rsblur", "bsd")
+PAIRED_LAYOUTS = ("folders", "gopro", "gopro_gamma", "realblur", "rsblur", "bsd", "hide", "reds")
 _BLUR_NAMES = ("blur", "blurry", "input", "inputs", "lq")
 _SHARP_NAMES = ("sharp", "gt", "target", "targets", "gt_sharp", "hq")
 
@@ -234,6 +234,10 @@ def detect_layout(root) -> str:
         return "rsblur"
     if next(root.glob("*/Blur/RGB"), None) is not None:
         return "bsd"
+    if (root / "GT").is_dir() and ((root / "test").is_dir() or (root / "train").is_dir()):
+        return "hide"
+    if any((p.parent / p.name.replace("_blur", "_sharp")).is_dir() for p in root.glob("*_blur")):
+        return "reds"
     if next(root.glob("*/blur"), None) is not None and next(root.glob("*/sharp"), None) is not None:
         return "gopro"
     if next(root.glob("*/blur_gamma"), None) is not None:
@@ -242,7 +246,8 @@ def detect_layout(root) -> str:
         return "rsblur"
     raise ValueError(
         f"Cannot detect the paired layout of {root}: expected blur/+sharp/ folders, <seq>/blur + <seq>/sharp (GoPro), "
-        "<seq>/Blur/RGB + <seq>/Sharp/RGB (BSD), a RealBlur_*_list.txt or an RSBlur_*.txt list, or "
+        "<seq>/Blur/RGB + <seq>/Sharp/RGB (BSD), GT/ + test/<subset>/ (HIDE), <split>_blur/<seq> + "
+        "<split>_sharp/<seq> (REDS), a RealBlur_*_list.txt or an RSBlur_*.txt list, or "
         "<scene>/real_blur/real_blur.png + gt/gt_sharp.png (RSBlur)")
 
 
@@ -283,6 +288,18 @@ def _paired_files(root: Path, layout: str, split: str, list_file) -> list[tuple[
         pairs = []
         for seq in sorted(p for p in root.iterdir() if (p / "Blur" / "RGB").is_dir()):
             pairs += _match_by_name(seq / "Blur" / "RGB", seq / "Sharp" / "RGB")
+        return pairs
+    if layout == "hide":  # blurry images under <split>/ (test: test-close-ups/, test-long-shot/), sharp in GT/
+        split_dir = root / split if (root / split).is_dir() else root / "test"
+        sharp = {p.stem: p for p in list_images(root / "GT", recursive=False)}
+        return [(b, sharp[b.stem]) for b in list_images(split_dir) if b.stem in sharp]
+    if layout == "reds":  # <split>_blur/<seq>/*.png + <split>_sharp/<seq>/*.png; REDS' test has no GT: "test" -> val
+        prefixes = [split] + (["val"] if split == "test" else [])
+        prefixes += sorted(p.name[: -len("_blur")] for p in root.glob("*_blur"))
+        prefix = next(x for x in prefixes if (root / f"{x}_blur").is_dir() and (root / f"{x}_sharp").is_dir())
+        pairs = []
+        for seq in sorted(p for p in (root / f"{prefix}_blur").iterdir() if p.is_dir()):
+            pairs += _match_by_name(seq, root / f"{prefix}_sharp" / seq.name)
         return pairs
     if layout == "realblur":
         lists = _find_list_files(root, rf"realblur.*{split}.*list") or _find_list_files(root, r"realblur.*list")
