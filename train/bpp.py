@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Blur Pattern Pretraining (BPP): train GLOWDeblur from scratch on simulated blur.
+
+Sharp images (one or more folders, searched recursively) are blurred on the fly by `glow.data.BlurSimulator`
+(camera shake, linear motion, defocus, rotation/zoom, moving objects, with camera realism); optional high-fps frame
+folders add real motion blur by frame averaging. All three components train together: the pre-reconstruction
+(Charbonnier + FFT loss), the motion estimator (against the simulator's motion field and kernels, where known) and,
+from `--diffusion_start_step` on, the diffusion backbone (flow matching on the residual). See glow/training.py.
+
+    python train/bpp.py --preset small --train_data_dir ../shared/data/train/sharp \\
+        --frames_data_dir ../shared/data/train/frames --validation_data_dir ../shared/data/val/sharp \\
+        --output_dir runs/bpp-small
+    accelerate launch --multi_gpu --num_processes 2 train/bpp.py ...   # several processes (CPU: gloo)
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from glow import training  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = training.build_arg_parser(__doc__.split("\n\n")[0], finetune=False)
+    args = training.parse_args(parser, argv)
+    if not args.train_data_dir:
+        parser.error("give at least one --train_data_dir (a folder of sharp images)")
+
+    from glow.data import SharpFolderDataset, collate
+    from glow.presets import build_pipeline
+
+    sharp = SharpFolderDataset(args.train_data_dir, resolution=args.resolution, seed=args.seed)
+    dataset, summary = training.build_mixed_dataset(
+        args, {"sim": {"sim/" + "+".join(Path(d).name for d in args.train_data_dir): sharp},
+               "frames": training.frame_sources(args)},
+        {"sim": 1.0 - args.frames_ratio, "frames": args.frames_ratio})
+    return training.run_training(
+        args, stage="BPP", build_pipeline=lambda: build_pipeline(args.preset, seed=args.seed),
+        train_dataset=dataset, collate_fn=collate, data_summary=summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
