@@ -3,8 +3,7 @@
 UI only: the model lives in `glow/` (GLOWDeblurPipeline), image reading in `glow.io`, the motion-field picture in
 `glow.visualize`. Environment:
   GLOW_MODEL            Hub id or local pipeline folder (default: the folder shipped in the package)
-  GLOW_MAX_MEGAPIXELS   hard cap on the upload size in megapixels (default 24)
-  GLOW_TILE_ABOVE_MP    images above this many megapixels are deblurred in tiles when "tile size" is auto (default 1.5)
+  GLOW_MAX_MEGAPIXELS   hard cap on the upload size in megapixels (default 24); bigger images are processed in tiles
   GRADIO_SERVER_PORT / GRADIO_SERVER_NAME   where to serve (Gradio's own variables)
 API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblur")` (see README, "Web app and API").
 """
@@ -17,6 +16,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import inspect
 
 import gradio as gr
 import spaces  # the @spaces.GPU decorator is a no-op off ZeroGPU Spaces
@@ -36,17 +37,15 @@ EXAMPLES_DIR = ROOT / "examples"
 MODEL_ID = os.environ.get("GLOW_MODEL") or glow.DEFAULT_MODEL_PATH
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MAX_MEGAPIXELS = float(os.environ.get("GLOW_MAX_MEGAPIXELS", 24))
-TILE_ABOVE_MP = float(os.environ.get("GLOW_TILE_ABOVE_MP", 1.5))
-AUTO_TILE_SIZE = 512
+AUTO_TILE_SIZE = 512  # "auto": tiles of this size (one tile for smaller images); memory stays bounded at any size
+TILE_MULTIPLE = 64  # the pipeline's tile grid
 MIN_SIDE = 16  # px; smaller images carry no blur worth removing (and one 8-px motion patch would cover them)
 PREVIEW_LONG_SIDE = 2048  # on-page pictures are capped here; the PNG download is always full resolution
 MAX_UPLOAD = "50mb"
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "glowdeblur_outputs"
 OUTPUT_MAX_AGE_S = 3600
 
-DEFAULT_STEPS = 2
-MAX_STEPS = 8
-DEFAULT_FIDELITY = 0.5
+MAX_STEPS = 4  # the pipeline is trained for 1-4 flow-matching steps
 DEFAULT_SEED = 0
 
 
@@ -62,41 +61,64 @@ def load_pipeline():
 
 
 PIPE = load_pipeline()
+_CALL_DEFAULTS = {name: p.default for name, p in inspect.signature(PIPE.__call__).parameters.items()}
+DEFAULT_STEPS = int(_CALL_DEFAULTS.get("num_inference_steps") or 1)  # the UI starts at the pipeline's defaults
+DEFAULT_FIDELITY = float(_CALL_DEFAULTS.get("fidelity") or 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model call (the only GPU work)
 # ---------------------------------------------------------------------------------------------------------------
-@spaces.GPU(duration=60)
-def run_pipeline(rgb: Image.Image, prompt: str | None, fidelity: float, steps: int, seed: int, tile_size: int,
-                 tile_overlap: int, progress=gr.Progress()):
-    """Deblur one RGB image; returns (deblurred PIL, motion field [3, h/8, w/8] on CPU, pre-reconstruction PIL)."""
-    calls = [0]
-    expected_calls = max(1, steps)
+def count_tiles(width: int, height: int, tile_size: int, tile_overlap: int) -> int:
+    """How many tiles the pipeline will process (its grid: sizes padded to 64; only used for the progress bar)."""
+    def along(length):
+        padded = -(-length // TILE_MULTIPLE) * TILE_MULTIPLE
+        tile = min(tile_size, padded)
+        return 1 if padded <= tile else len(range(0, padded - tile, tile - tile_overlap)) + 1
 
-    def on_step_end(pipe, step, timestep, callback_kwargs):
-        # With tiling the pipeline calls back once per step per tile: the bar then counts all of them.
-        calls[0] += 1
-        total = max(expected_calls, calls[0])
-        progress((calls[0], total), desc="Refining details")
+    return along(width) * along(height)
+
+
+@spaces.GPU(duration=60)
+def run_pipeline(rgb: Image.Image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int,
+                 tile_overlap: int, guidance_scale: float, progress=gr.Progress()):
+    """Deblur one RGB image; returns (deblurred PIL, motion field [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles)."""
+    state = {"tiles_done": 0, "steps": 0, "tiles": count_tiles(*rgb.size, tile_size, tile_overlap)}
+    share = 1.0 / (steps + 1)  # of a tile's time: the motion estimate + pre-reconstruction, then each step
+
+    def report():
+        fraction = (state["tiles_done"] + min(1.0, (1 + state["steps"]) * share)) / state["tiles"]
+        tile = f" (tile {min(state['tiles_done'] + 1, state['tiles'])}/{state['tiles']})" if state["tiles"] > 1 else ""
+        progress(0.05 + 0.9 * min(1.0, fraction), desc=f"Deblurring{tile}")
+
+    def on_step_end(pipe, step, timestep, callback_kwargs):  # diffusers' step callback: drives the progress bar
+        state["steps"] += 1
+        report()
         return callback_kwargs
 
+    def on_tile_end(pipe, tile_index, num_tiles, callback_kwargs):
+        state.update(tiles_done=tile_index + 1, tiles=num_tiles, steps=0)
+        report()
+
+    optional = {"callback_on_tile_end": on_tile_end} if "callback_on_tile_end" in _CALL_DEFAULTS else {}
     output = PIPE(
         rgb,
-        prompt=prompt or None,
+        prompt=prompt,
         num_inference_steps=steps,
         fidelity=fidelity,
+        guidance_scale=guidance_scale,
         generator=torch.Generator().manual_seed(seed),
         tile_size=tile_size,
         tile_overlap=tile_overlap,
         output_type="pil",
         return_dict=True,
         callback_on_step_end=on_step_end,
+        **optional,
     )
     motion = output.motion_fields[0]
     if hasattr(motion, "detach"):
         motion = motion.detach().float().cpu()
-    return output.images[0], motion, output.prereconstructions[0]
+    return output.images[0], motion, output.prereconstructions[0], state["tiles"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,16 +186,20 @@ def read_upload(value) -> tuple[Image.Image, str, list[str]]:
     return image, name, notes
 
 
-def _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap):
+def _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap, guidance_scale):
+    """API callers can send anything: clamp to the ranges the UI offers (tiles on the pipeline's 64-px grid)."""
     try:
-        fidelity = min(1.0, max(0.0, float(fidelity)))
-        steps = int(min(MAX_STEPS, max(1, round(float(steps)))))
+        fidelity = min(1.0, max(0.0, float(DEFAULT_FIDELITY if fidelity is None else fidelity)))
+        steps = int(min(MAX_STEPS, max(1, round(float(DEFAULT_STEPS if steps is None else steps)))))
         seed = int(float(seed)) % (2**32) if seed not in (None, "") else DEFAULT_SEED
         tile_size = int(max(0, round(float(tile_size or 0))))
+        tile_size = AUTO_TILE_SIZE if tile_size == 0 else max(TILE_MULTIPLE, tile_size // TILE_MULTIPLE * TILE_MULTIPLE)
         tile_overlap = int(max(0, round(float(tile_overlap or 0))))
-    except (TypeError, ValueError) as e:
+        tile_overlap = min(-(-tile_overlap // TILE_MULTIPLE) * TILE_MULTIPLE, tile_size - TILE_MULTIPLE)
+        guidance_scale = min(10.0, max(1.0, float(1.0 if guidance_scale is None else guidance_scale)))
+    except (TypeError, ValueError, OverflowError) as e:
         raise gr.Error(f"Invalid setting: {e}", title="Invalid settings") from None
-    return fidelity, steps, seed, tile_size, tile_overlap
+    return fidelity, steps, seed, tile_size, tile_overlap, guidance_scale
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,26 +238,22 @@ def save_png(image: Image.Image, name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The event handler (also the /deblur API)
 # ---------------------------------------------------------------------------------------------------------------
-def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, progress=gr.Progress()):
+def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress=gr.Progress()):
     """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report)."""
     started = time.perf_counter()
     progress(0.0, desc="Reading the image")
-    fidelity, steps, seed, tile_size, tile_overlap = _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap)
+    fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
+        fidelity, steps, seed, tile_size, tile_overlap, guidance_scale)
     original, name, notes = read_upload(image)
     alpha = original.getchannel("A") if original.mode == "RGBA" else None
     rgb = original.convert("RGB")
     w, h = rgb.size
-    if tile_size == 0 and w * h > TILE_ABOVE_MP * 1e6:
-        tile_size = AUTO_TILE_SIZE
-    if tile_size:
-        tile_size = max(64, tile_size)
-        tile_overlap = min(tile_overlap, tile_size // 2)
-        notes.append(f"processed in {tile_size}-px tiles overlapping by {tile_overlap} px")
+    prompt = str(prompt or "").strip()[:500]
 
     progress(0.05, desc="Estimating motion and deblurring")
     try:
-        restored, motion, prerecon = run_pipeline(rgb, (prompt or "").strip()[:500], fidelity, steps, seed,
-                                                  tile_size, tile_overlap, progress)
+        restored, motion, prerecon, tiles = run_pipeline(rgb, prompt, fidelity, steps, seed, tile_size, tile_overlap,
+                                                         guidance_scale, progress)
     except gr.Error:
         raise
     except (MemoryError, torch.OutOfMemoryError):
@@ -243,6 +265,8 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, progre
         raise gr.Error(f"Deblurring failed: {type(e).__name__}: {str(e)[:300]}", title="Deblurring failed") from None
 
     progress(0.95, desc="Saving")
+    if tiles > 1:
+        notes.append(f"processed in {tiles} tiles of {tile_size} px overlapping by {tile_overlap} px")
     restored = restored.convert("RGB")
     if restored.size != rgb.size:  # the pipeline crops its padding; be strict about it
         raise gr.Error(f"Internal error: output size {restored.size} differs from input size {rgb.size}")
@@ -256,7 +280,8 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, progre
     after = _preview(restored)
     overlay = draw_motion_field(before, motion, source_size=rgb.size)
     report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
-              f"{', prompt: ' + repr(prompt.strip()[:80]) if prompt and prompt.strip() else ''} — "
+              f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
+              f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''} — "
               f"done in {time.perf_counter() - started:.1f} s on {DEVICE}.",
               f"Estimated motion: {describe_motion_field(motion)}."]
     report += [f"Note: {n}." for n in notes]
@@ -296,7 +321,7 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
                 label="Blurry photo", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                 height=360, elem_id="input-image",
             )
-            prompt = gr.Textbox(label="Describe the scene (optional)", max_lines=2, max_length=500,
+            prompt = gr.Textbox(value="", label="Describe the scene (optional)", max_lines=2, max_length=500,
                                 placeholder="e.g. a street with parked cars and a shop sign",
                                 info="Semantic guidance: a few words about what is in the picture.")
             fidelity = gr.Slider(0.0, 1.0, value=DEFAULT_FIDELITY, step=0.05, label="Detail ⟷ Fidelity",
@@ -305,11 +330,14 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
                 steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps",
                                   info="Diffusion refinement steps.")
                 seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed")
-            with gr.Accordion("Advanced: tiling", open=False):
-                tile_size = gr.Slider(0, 1024, value=0, step=64, label="Tile size (px, 0 = auto)",
-                                      info=f"Auto tiles images above {TILE_ABOVE_MP:g} MP in {AUTO_TILE_SIZE}-px tiles."
-                                           " Smaller tiles use less memory.")
-                tile_overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap (px)")
+            with gr.Accordion("Advanced: tiling and text guidance", open=False):
+                tile_size = gr.Slider(0, 2048, value=0, step=TILE_MULTIPLE, label="Tile size (px, 0 = auto)",
+                                      info=f"Auto = {AUTO_TILE_SIZE}-px tiles. Bigger images are processed tile by "
+                                           "tile, so memory stays bounded; smaller tiles use less memory.")
+                tile_overlap = gr.Slider(0, 256, value=64, step=TILE_MULTIPLE, label="Tile overlap (px)",
+                                         info="Tiles are blended over this overlap (no seams).")
+                guidance_scale = gr.Slider(1.0, 5.0, value=1.0, step=0.5, label="Text guidance scale",
+                                           info="> 1 follows the scene description more strongly (twice the work).")
             run = gr.Button("Deblur", variant="primary", elem_id="deblur-btn")
         with gr.Column(scale=2, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="before-after", max_height=640)
@@ -320,7 +348,7 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
                                          elem_id="prereconstruction", interactive=False, format="png")
             gr.Markdown(MOTION_HELP)
             download = gr.File(label="Full-resolution PNG", elem_id="download", interactive=False)
-            report = gr.Markdown(elem_id="report")
+            report = gr.Markdown(label="Report", elem_id="report")
     examples = list_examples()
     if examples:
         gr.Examples(examples=[[p] for p in examples], inputs=[input_image], label="Examples (click one, then Deblur)",
@@ -330,7 +358,7 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
 
     run.click(
         deblur,
-        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap],
+        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale],
         outputs=[slider, motion_view, prerecon_view, download, report],
         api_name="deblur",
         # Raw input payloads: the upload reaches glow.io.load_image untouched (Gradio's own decoding would turn a
