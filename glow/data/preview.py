@@ -103,6 +103,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--tile", type=int, default=256, help="panel size in the sheet (px)")
+    parser.add_argument("--colors", type=int, default=0, help="quantise the PNG to this many colours (smaller file)")
     parser.add_argument("--kinds", default=None, help=f"comma-separated blur kinds to cycle through {BLUR_KINDS}")
     args = parser.parse_args(argv)
     ds = SharpFolderDataset(args.input, resolution=args.resolution, seed=args.seed, length=max(args.n, 1))
@@ -115,7 +117,9 @@ def main(argv=None) -> None:
             samples.append(ds.simulator(crop, seed=int(rng.integers(1 << 62)), kind=kinds[i % len(kinds)]))
         else:
             samples.append(ds[i])
-    sheet = make_sheet(samples)
+    sheet = make_sheet(samples, tile=args.tile)
+    if args.colors:
+        sheet = sheet.quantize(colors=args.colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out, optimize=True)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {len(samples)} samples)")

@@ -1,0 +1,78 @@
+"""Throughput of the BPP data engine on ONE core: 256x256 samples/s for the default mix and per blur kind.
+
+    python benchmarks/bench_data.py [--n 200] [--per-kind 30] [--resolution 256] [--data ../shared/data]
+
+Measures (1) the simulator alone on pre-loaded 256x256 crops, (2) each blur kind alone, and, when the shared data
+folder exists, (3) SharpFolderDataset end to end (decode + crop + simulate) and (4) FrameFolderDataset (decode k
+full 1280x720 frames + average). The machine load (`os.getloadavg`) is printed with the results.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from glow.data import BLUR_KINDS, BlurSimulator  # noqa: E402
+from glow.data.datasets import FrameFolderDataset, SharpFolderDataset  # noqa: E402
+
+
+def _crops(data: Path | None, n: int, res: int) -> list[torch.Tensor]:
+    if data is not None and (data / "val" / "sharp").is_dir():
+        ds = SharpFolderDataset(data / "val" / "sharp", resolution=res, seed=0, length=n)
+        rng = np.random.default_rng(0)
+        return [ds._crop(ds.sample_image(i), rng) for i in range(n)]
+    rng = np.random.default_rng(0)
+    return [torch.from_numpy(rng.random((3, res, res), dtype=np.float32)) for _ in range(n)]
+
+
+def _rate(fn, n: int) -> float:
+    fn(0)  # warm-up (FFT plans, imports)
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--per-kind", type=int, default=30)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = Path(args.data) if Path(args.data).is_dir() else None
+    res = args.resolution
+    crops = _crops(data, 24, res)
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2-core machine shared with other jobs)")
+    print(f"torch threads: {torch.get_num_threads()}, resolution {res}x{res}")
+
+    sim = BlurSimulator(seed=0)
+    mix = _rate(lambda i: sim(crops[i % len(crops)]), args.n)
+    print(f"\nsimulator, default mix: {mix:6.1f} samples/s ({1000 / mix:5.1f} ms/sample, n={args.n})")
+    print("per blur kind (camera steps drawn as in the default mix):")
+    for kind in BLUR_KINDS:
+        r = _rate(lambda i, k=kind: sim(crops[i % len(crops)], kind=k), args.per_kind)
+        print(f"  {kind:<15s} {r:6.1f} samples/s ({1000 / r:6.1f} ms)")
+
+    if data is not None and (data / "train" / "sharp").is_dir():
+        ds = SharpFolderDataset(data / "train" / "sharp", resolution=res, seed=0)
+        r = _rate(lambda i: ds[i], min(args.n, len(ds) - 1))
+        print(f"\nSharpFolderDataset end to end (decode JPEG + random scale/crop/flip + simulate): {r:6.1f} samples/s")
+    frames = data / "train" / "frames" / "GOPR0477_11_00" if data is not None else None
+    if frames is not None and frames.is_dir():
+        fd = FrameFolderDataset.train_split(frames, resolution=res)
+        r = _rate(lambda i: fd[i], 10)
+        print(f"FrameFolderDataset (k in 5..13 full 1280x720 JPEG frames averaged in linear light): {r:6.2f} samples/s")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
