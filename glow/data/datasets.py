@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor
+from PIL import Image
+
+from ..io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, load_image, to_tensor
 from . import camera
 from .motion import KERNEL_PATCH, KERNEL_SIZE, MOTION_PATCH
 from .simulator import BlurSimulator, SimulatorConfig
@@ -72,6 +74,36 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 def _load_rgb(path) -> torch.Tensor:
     return image_to_tensor(path).clamp(0, 1)
+
+
+_HIGH_PRECISION_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class _Picture:
+    """A decoded image that converts only the region a sample needs to float: converting a whole 1280x720 frame
+    costs 5x its JPEG decode. 16-bit files are read through `image_to_tensor` (precision kept)."""
+
+    def __init__(self, path):
+        self.tensor = None
+        self.pil = None
+        try:
+            with Image.open(path) as probe:
+                high = probe.mode in _HIGH_PRECISION_MODES or Path(path).suffix.lower() in (".tif", ".tiff")
+        except Exception:  # unreadable: let the real reader raise its ImageReadError
+            high = False
+        if high:
+            self.tensor = _load_rgb(path)
+        else:
+            self.pil = load_image(path)
+        self.shape = self.tensor.shape if self.tensor is not None else (3, self.pil.height, self.pil.width)
+
+    def region(self, y: int, x: int, h: int, w: int) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[:, y:y + h, x:x + w]
+        return to_tensor(self.pil.crop((x, y, x + w, y + h)), channels=3)
+
+    def full(self) -> torch.Tensor:
+        return self.region(0, 0, self.shape[1], self.shape[2])
 
 
 def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -172,12 +204,15 @@ class SharpFolderDataset(_SeededDataset):
     def __len__(self) -> int:
         return self.length
 
-    def _crop(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _crop(self, image, rng: np.random.Generator) -> torch.Tensor:
+        """Random (scaled) crop of a tensor or a `_Picture` (only the crop is converted to float)."""
         if self.size is None:
-            return image
+            return image.full() if isinstance(image, _Picture) else image
         th, tw = self.size
-        image = _fit(image, (th, tw))
         _, h, w = image.shape
+        if h < th or w < tw:
+            image = _fit(image.full() if isinstance(image, _Picture) else image, (th, tw))
+            _, h, w = image.shape
         scale = 1.0
         if self.scale_range is not None:
             lo, hi = max(self.scale_range[0], th / h, tw / w), self.scale_range[1]
@@ -186,25 +221,28 @@ class SharpFolderDataset(_SeededDataset):
         ch, cw = min(h, round(th / scale)), min(w, round(tw / scale))
         y = int(rng.integers(0, h - ch + 1))
         x = int(rng.integers(0, w - cw + 1))
-        crop = image[:, y:y + ch, x:x + cw]
+        crop = image.region(y, x, ch, cw) if isinstance(image, _Picture) else image[:, y:y + ch, x:x + cw]
         if (ch, cw) != (th, tw):
             crop = F.interpolate(crop.unsqueeze(0), size=(th, tw), mode="bilinear", antialias=True,
                                  align_corners=False)[0].clamp(0, 1)
         return crop
 
-    def sample_image(self, index: int) -> torch.Tensor:
-        """The full RGB image behind item `index` (an unreadable file is skipped for a later one, warned once)."""
+    def _picture(self, index: int) -> _Picture:
         for attempt in range(_MAX_RETRIES):
             path = self.files[(index + attempt * 7919) % len(self.files)]
             try:
-                return _load_rgb(path)
+                return _Picture(path)
             except (ImageReadError, OSError) as err:
                 _warn_once(path, err)
         raise RuntimeError(f"{_MAX_RETRIES} unreadable images in a row in {self.files[0].parent}")
 
+    def sample_image(self, index: int) -> torch.Tensor:
+        """The full RGB image behind item `index` (an unreadable file is skipped for a later one, warned once)."""
+        return self._picture(index).full()
+
     def sample(self, index: int, seed: int) -> dict:
         rng = np.random.default_rng(seed)
-        crop = self._crop(self.sample_image(index), rng)
+        crop = self._crop(self._picture(index), rng)
         if self.augment:
             (crop,) = _augment([crop], rng)
         return self.simulator(crop, seed=int(rng.integers(1 << 62)))
@@ -342,7 +380,7 @@ class PairedFolderDataset(_SeededDataset):
         for attempt in range(_MAX_RETRIES):
             blur_path, sharp_path = self.pairs[(index + attempt * 7919) % len(self.pairs)]
             try:
-                blurry, sharp = _load_rgb(blur_path), _load_rgb(sharp_path)
+                blurry, sharp = _Picture(blur_path), _Picture(sharp_path)
             except (ImageReadError, OSError) as err:
                 _warn_once(f"{blur_path} / {sharp_path}", err)
                 continue
@@ -352,12 +390,19 @@ class PairedFolderDataset(_SeededDataset):
             break
         else:
             raise RuntimeError(f"{_MAX_RETRIES} unreadable pairs in a row in {self.root}")
-        if self.size is not None:
+        _, h, w = sharp.shape
+        if self.size is None:
+            blurry, sharp = blurry.full(), sharp.full()
+        else:
             th, tw = self.size
-            blurry, sharp = _fit(blurry, self.size), _fit(sharp, self.size)
-            _, h, w = blurry.shape
-            y, x = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
-            blurry, sharp = blurry[:, y:y + th, x:x + tw], sharp[:, y:y + th, x:x + tw]
+            if h < th or w < tw:
+                blurry, sharp = _fit(blurry.full(), self.size), _fit(sharp.full(), self.size)
+                _, h, w = blurry.shape
+                y, x = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
+                blurry, sharp = blurry[:, y:y + th, x:x + tw], sharp[:, y:y + th, x:x + tw]
+            else:
+                y, x = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
+                blurry, sharp = blurry.region(y, x, th, tw), sharp.region(y, x, th, tw)
         if self.augment:
             blurry, sharp = _augment([blurry, sharp], rng)
         out = {"blurry": blurry.contiguous(), "sharp": sharp.contiguous()}
@@ -443,36 +488,36 @@ class FrameFolderDataset(_SeededDataset):
         window = self.files[start:start + k]
         middle = window[k // 2]
         try:
-            sharp = _load_rgb(middle)
+            middle_pic = _Picture(middle)
         except (ImageReadError, OSError) as err:
             _warn_once(middle, err)
             return self.sample(index + 1, int(rng.integers(1 << 62)))
-        _, h, w = sharp.shape
+        _, h, w = middle_pic.shape
         if self.size is not None:
             th, tw = self.size
             if self.deterministic:
                 y, x = max(0, (h - th) // 2), max(0, (w - tw) // 2)
             else:
                 y, x = int(rng.integers(0, max(1, h - th + 1))), int(rng.integers(0, max(1, w - tw + 1)))
-            box = (y, x, th, tw)
+            box = (y, x, min(th, h), min(tw, w))
+            size = (th, tw)
         else:
-            box = (0, 0, h, w)
+            box, size = (0, 0, h, w), (h, w)
+        target = _fit(middle_pic.region(*box), size)
         linear_sum, count = None, 0
         for path in window:
             try:
-                frame = sharp if path == middle else _load_rgb(path)
+                pic = middle_pic if path == middle else _Picture(path)
             except (ImageReadError, OSError) as err:
                 _warn_once(path, err)
                 continue
-            if frame.shape != sharp.shape:
-                _warn_once(path, f"frame size {tuple(frame.shape)} differs from {tuple(sharp.shape)}")
+            if pic.shape != middle_pic.shape:
+                _warn_once(path, f"frame size {tuple(pic.shape)} differs from {tuple(middle_pic.shape)}")
                 continue
-            crop = _fit(frame[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]], box[2:])
-            lin = camera.srgb_to_linear(crop)
+            lin = camera.srgb_to_linear(_fit(pic.region(*box), size))
             linear_sum = lin if linear_sum is None else linear_sum + lin
             count += 1
         blurred_linear = linear_sum / count
-        target = _fit(sharp[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]], box[2:])
         if self.simulator is not None:
             blurry = self.simulator.apply_camera(blurred_linear, seed=int(rng.integers(1 << 62)))
         else:
