@@ -72,3 +72,147 @@ def test_realblur_alignment_recovers_an_integer_shift(dy, dx):
     unaligned = metrics.psnr(output, target)
     aligned_psnr, aligned_ssim = metrics.realblur_psnr_ssim(output, target)
     assert aligned_psnr > max(28.0, unaligned + 10) and aligned_ssim > 0.97
+
+
+# ------------------------------------------------------------------------------------------- train/evaluate.py e2e
+def _write_pairs(blur_dir: Path, sharp_dir: Path, names, seed: int, size=64):
+    blur_dir.mkdir(parents=True, exist_ok=True)
+    sharp_dir.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        sharp = _smooth_image(seed + i, (size, size))
+        blurry = gaussian_filter(sharp.astype(float), (1.5, 1.5, 0)).round().clip(0, 255).astype(np.uint8)
+        Image.fromarray(sharp).save(sharp_dir / name)
+        Image.fromarray(blurry).save(blur_dir / name)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+    from glow.presets import build_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    build_pipeline("tiny").save_pretrained(folder)
+    return folder
+
+
+def _run_evaluate(*args, timeout=240):
+    command = [sys.executable, str(ROOT / "train" / "evaluate.py"), *map(str, args), "--threads", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory, tiny_pipeline_dir):
+    """One run of the script over every kind of source, all rows, RealBlur convention on."""
+    root = tmp_path_factory.mktemp("eval_data")
+    _write_pairs(root / "plain" / "blur", root / "plain" / "sharp", ["a.png", "b.png"], seed=0)
+    for i, seq in enumerate(["GOPR0001_00_00", "GOPR0002_00_00"]):  # GoPro layout: <seq>/blur + <seq>/sharp
+        _write_pairs(root / "gopro" / seq / "blur", root / "gopro" / seq / "sharp", ["000001.png"], seed=10 + i)
+    (root / "frames").mkdir()
+    base = _smooth_image(20, (64, 96))
+    for i in range(12):  # a panning "video": the last 10 frames give one 9-frame validation pair
+        Image.fromarray(np.ascontiguousarray(base[:, i : i + 64])).save(root / "frames" / f"{i:06d}.png")
+    out = root / "out"
+    result = _run_evaluate(
+        "--model", tiny_pipeline_dir, "--data", root / "plain", "--data", root / "gopro",
+        "--synthetic", root / "plain" / "sharp", "--synthetic_crop", 48, "--frames", root / "frames",
+        "--frames_last", 10, "--no_reference", root / "plain" / "blur", "--ablations", "all",
+        "--realblur_align", "--max_images", 2, "--output_dir", out,
+    )
+    return root, out, result
+
+
+def test_evaluate_writes_every_row_with_finite_numbers(evaluation):
+    root, out, result = evaluation
+    report = json.loads((out / "results.json").read_text())
+    markdown = (out / "results.md").read_text()
+    assert markdown.strip() in result.stdout
+    kinds = [source["kind"] for source in report["sources"]]
+    assert kinds == ["paired", "paired", "synthetic", "frames", "no_reference"]
+    assert [s["images"] for s in report["sources"]] == [2, 2, 2, 1, 2]
+    assert "layout gopro" in report["sources"][1]["note"]
+    expected_rows = ["input", "full", "prerecon", "no_motion", "semantic", "steps1", "steps2", "steps4",
+                     "fidelity0", "fidelity0.5"]
+    for source in report["sources"]:
+        assert list(source["rows"]) == expected_rows
+        gt_keys = ["psnr", "ssim", "psnr_realblur", "ssim_realblur"] if source["kind"] != "no_reference" else []
+        for name, row in source["rows"].items():
+            assert row["label"] in markdown
+            for key in gt_keys + ["blur_effect"]:
+                assert isinstance(row[key], float) and math.isfinite(row[key]), (source["name"], name, key)
+            if name == "input":
+                assert row["seconds_per_megapixel"] is None
+            else:
+                assert row["seconds_per_megapixel"] > 0 and row["peak_rss_mib"] > 50
+        rows = source["rows"]
+        # defaults are 1 step and fidelity 0: those rows reuse the full model's call rather than rerun it
+        assert rows["steps1"]["same_call_as"] == "full" and rows["fidelity0"]["same_call_as"] == "full"
+        assert rows["steps1"]["per_image"] == rows["full"]["per_image"]
+        # fidelity 0.5 lies between the pre-reconstruction and the full refinement (output is linear in fidelity)
+        if gt_keys:
+            low, high = sorted([rows["full"]["psnr"], rows["prerecon"]["psnr"]])
+            assert low - 0.5 <= rows["fidelity0.5"]["psnr"] <= high + 0.5
+            assert rows["no_motion"]["per_image"] != rows["full"]["per_image"]
+
+
+def test_blurry_input_row_equals_a_direct_computation(evaluation):
+    root, out, _ = evaluation
+    report = json.loads((out / "results.json").read_text())
+    floor = report["sources"][0]["rows"]["input"]
+    expected_psnr, expected_ssim = [], []
+    for name in ["a.png", "b.png"]:
+        blurry = np.asarray(Image.open(root / "plain" / "blur" / name))
+        sharp = np.asarray(Image.open(root / "plain" / "sharp" / name))
+        expected_psnr.append(peak_signal_noise_ratio(sharp, blurry, data_range=255))
+        expected_ssim.append(structural_similarity(sharp, blurry, channel_axis=-1, data_range=255))
+    assert [item["name"] for item in floor["per_image"]] == ["blur/a.png", "blur/b.png"]
+    assert floor["psnr"] == pytest.approx(np.mean(expected_psnr), abs=1e-9)
+    assert floor["ssim"] == pytest.approx(np.mean(expected_ssim), abs=1e-9)
+    no_reference = report["sources"][-1]["rows"]["input"]
+    assert no_reference["blur_effect"] == pytest.approx(
+        np.mean([metrics.blur_effect(Image.open(root / "plain" / "blur" / n)) for n in ["a.png", "b.png"]])
+    )
+
+
+def test_synthetic_and_frame_pairs_are_deterministic(evaluation, tiny_pipeline_dir):
+    root, out, _ = evaluation
+    sys.path.insert(0, str(ROOT / "train"))
+    import evaluate
+
+    report = json.loads((out / "results.json").read_text())
+    synthetic = evaluate.synthetic_source(str(root / "plain" / "sharp"), 48, 0, 2)
+    first, again = synthetic.load(1), synthetic.load(1)
+    assert first.blurry.shape == (3, 48, 48) and torch.equal(first.blurry, again.blurry) and first.text
+    assert report["sources"][2]["rows"]["input"]["per_image"][1]["psnr"] == pytest.approx(
+        metrics.psnr(first.blurry, first.sharp)
+    )
+    frames = evaluate.frames_source(str(root / "frames"), 10, 0, 0)
+    pair = frames.load(0)
+    assert frames.count == 1 and pair.name == "000006.png"  # frames 2..10 averaged, the middle one is the target
+    assert torch.equal(pair.blurry, frames.load(0).blurry)
+
+
+def test_without_motion_guidance_zeroes_the_motion_field_and_is_undone(tiny_pipeline_dir):
+    sys.path.insert(0, str(ROOT / "train"))
+    import evaluate
+
+    pipe = evaluate.load_pipeline(str(tiny_pipeline_dir))
+    image = torch.from_numpy(_smooth_image(3, (64, 64))).permute(2, 0, 1).float() / 255
+    normal = pipe(image, fidelity=1.0, output_type="pt")
+    with evaluate.without_motion_guidance(pipe):
+        ablated = pipe(image, fidelity=1.0, output_type="pt")
+        assert pipe.prereconstruction.wiener(image[None], None) is not None
+    assert torch.count_nonzero(ablated.motion_fields[0]) == 0
+    assert torch.count_nonzero(normal.motion_fields[0]) > 0
+    again = pipe(image, fidelity=1.0, output_type="pt")  # patches removed
+    assert torch.equal(again.motion_fields[0], normal.motion_fields[0])
+    assert "forward" not in vars(pipe.motion_estimator) and "wiener" not in vars(pipe.prereconstruction)
+
+
+def test_bad_arguments_fail_clearly(tmp_path):
+    command = [sys.executable, str(ROOT / "train" / "evaluate.py"), "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "give at least one source" in result.stderr
+    result = subprocess.run(command + ["--no_reference", str(tmp_path), "--ablations", "steps3"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown ablation rows ['steps3']" in result.stderr
