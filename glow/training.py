@@ -664,7 +664,7 @@ def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, 
     metric_rows = "\n".join(
         f"| {k.split('/', 1)[-1]} | {v:.4f} |" for k, v in sorted((metrics or {}).items()) if isinstance(v, float)
     ) or "| (no validation run) | |"
-    data_lines = "\n".join(f"- {line}" for line in data_summary) or "- (none recorded)"
+    data_lines = "\n".join(f"  - {line}" for line in data_summary) or "  - (none recorded)"
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
     content = f"""---
 {card_data.to_yaml()}
@@ -687,9 +687,10 @@ flow-matching steps, guided by the motion field and a text prompt (MiniLM embedd
 
 ## Validation (measured by the training script at step {global_step})
 
-Validation set: `{args.validation_data_dir}` ({args.num_validation_images} images, {args.validation_resolution} px
-centre crops; sharp images are blurred by the simulator with fixed seed {args.validation_seed}). PSNR in dB / SSIM
-on uint8 RGB (GoPro convention), pipeline at its default settings and the pre-reconstruction alone.
+Validation set: `{args.validation_data_dir}` (first {args.num_validation_images} images, {args.validation_resolution}
+px centre crops; real pairs when the folder is paired, else sharp images blurred by the simulator with the fixed seed
+{args.validation_seed}). PSNR in dB / SSIM on uint8 RGB (GoPro convention) for the blurry input, the pipeline at its
+default settings and the pre-reconstruction alone.
 
 | metric | value |
 |---|---|

@@ -1,0 +1,230 @@
+"""Training scripts end to end: tiny preset, tiny data made here, the scripts run as real subprocesses."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--preset", "tiny", "--resolution", "64", "--train_batch_size", "2", "--logging_steps", "1",
+          "--validation_resolution", "64", "--num_validation_images", "2", "--lr_warmup_steps", "1",
+          "--learning_rate", "1e-3"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run(args, timeout=240, launcher=None):
+    cmd = (launcher or [sys.executable]) + args
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "logs" / "train_log.jsonl").read_text().splitlines()]
+
+
+def losses_by_step(out_dir):
+    return {r["step"]: r["loss/total"] for r in read_log(out_dir) if "loss/total" in r}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Sharp images (incl. a grayscale and a corrupt file), a frame clip, a paired folder, validation images."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+
+    def photo(h, w):  # smooth shapes + texture, so blur is visible
+        y, x = np.mgrid[:h, :w]
+        img = np.stack([np.sin(x / (5 + 3 * c)) * np.cos(y / (7 + c)) for c in range(3)], -1) * 0.4 + 0.5
+        img[(x // 16 + y // 16) % 2 == 0] *= 0.6
+        return (np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1) * 255).astype(np.uint8)
+
+    sharp = root / "sharp" / "set_a"
+    sharp.mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(photo(96 + 8 * i, 128)).save(sharp / f"img{i}.jpg", quality=95)
+    Image.fromarray(photo(100, 100)[..., 0]).save(sharp / "gray.png")
+    (sharp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    clip = root / "frames" / "clip0"
+    clip.mkdir(parents=True)
+    base = photo(80, 160)
+    for i in range(24):
+        Image.fromarray(np.roll(base, 2 * i, axis=1)).save(clip / f"{i:06d}.png")
+    pairs = root / "pairs"
+    for sub in ("blur", "sharp"):
+        (pairs / sub).mkdir(parents=True)
+    for i in range(3):
+        s = photo(72, 96)
+        b = (0.5 * s.astype(np.float32) + 0.5 * np.roll(s, 3, axis=1)).astype(np.uint8)
+        Image.fromarray(s).save(pairs / "sharp" / f"p{i}.png")
+        Image.fromarray(b).save(pairs / "blur" / f"p{i}.png")
+    val = root / "val"
+    val.mkdir()
+    for i in range(2):
+        Image.fromarray(photo(70, 90)).save(val / f"v{i}.png")
+    return root
+
+
+def bpp_args(data, out, steps, extra=()):
+    return [str(ROOT / "train" / "bpp.py"), *COMMON, "--train_data_dir", str(data / "sharp"),
+            "--frames_data_dir", str(data / "frames"), "--val_frames_holdout", "6",
+            "--validation_data_dir", str(data / "val"), "--output_dir", str(out), "--max_train_steps", str(steps),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def bpp_run(data, tmp_path_factory):
+    """An uninterrupted 4-step BPP run (diffusion loss on from step 2), checkpoints at 2 and 4, Hub dry run."""
+    out = tmp_path_factory.mktemp("bpp")
+    run(bpp_args(data, out, 4, ["--checkpointing_steps", "2", "--checkpoints_total_limit", "3",
+                                "--diffusion_start_step", "1", "--validation_steps", "4", "--hub_dry_run",
+                                "--hub_model_id", "someone/glowdeblur-test", "--dataloader_num_workers", "1"]))
+    return out
+
+
+def test_bpp_run_writes_checkpoints_log_and_pipeline(bpp_run):
+    steps = losses_by_step(bpp_run)
+    assert sorted(steps) == [1, 2, 3, 4] and all(np.isfinite(v) for v in steps.values())
+    records = read_log(bpp_run)
+    assert any("loss/diffusion" in r for r in records if r.get("step") == 2)  # --diffusion_start_step 1
+    assert not any("loss/diffusion" in r for r in records if r.get("step") == 1)
+    assert sorted(p.name for p in bpp_run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    ckpt = bpp_run / "checkpoint-4"
+    for name in ("model.safetensors", "ema_model.safetensors", "optimizer.bin", "scheduler.bin", "trainer_state.json"):
+        assert (ckpt / name).is_file(), name
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 4
+    assert list((bpp_run / "validation").glob("step-0000004.png"))
+    # the exported pipeline holds the EMA weights, not the raw ones
+    from safetensors.torch import load_file
+
+    ema = load_file(str(ckpt / "ema_model.safetensors"))
+    raw = load_file(str(ckpt / "model.safetensors"))
+    exported = load_file(str(bpp_run / "pipeline" / "prereconstruction" / "diffusion_pytorch_model.safetensors"))
+    name = next(k for k in exported if k.endswith("weight") and exported[k].numel() > 100)
+    assert torch.equal(exported[name], ema[f"prereconstruction.{name}"])
+    assert not torch.equal(exported[name], raw[f"prereconstruction.{name}"])
+
+
+def test_exported_pipeline_loads_with_trust_remote_code_and_deblurs(bpp_run):
+    code = (
+        "import sys, torch, numpy as np\n"
+        "from diffusers import DiffusionPipeline\n"
+        f"pipe = DiffusionPipeline.from_pretrained({str(bpp_run / 'pipeline')!r}, trust_remote_code=True)\n"
+        "assert 'BPP: 4 steps' in pipe.config.training_status, pipe.config.training_status\n"
+        "img = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0))\n"
+        "out = pipe(img, output_type='np').images[0]\n"
+        "assert out.shape == (50, 70, 3) and np.isfinite(out).all(), out.shape\n"
+        "print('OK', type(pipe).__module__)\n"
+    )
+    # run outside the repo, without glow importable: the folder must be self-contained
+    env = _env()
+    env.pop("PYTHONPATH")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bpp_run, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_hub_dry_run_folder_has_model_card_with_measured_metrics(bpp_run):
+    plan = json.loads((bpp_run / "hub_dry_run.json").read_text())
+    assert plan["repo_id"] == "someone/glowdeblur-test"
+    assert "README.md" in plan["files"] and "model_index.json" in plan["files"]
+    card = (bpp_run / "pipeline" / "README.md").read_text()
+    metrics = [r for r in read_log(bpp_run) if "val/pipeline_psnr" in r][-1]
+    assert metrics["step"] == 4
+    assert f"| pipeline_psnr | {metrics['val/pipeline_psnr']:.4f} |" in card
+    assert f"| prerecon_ssim | {metrics['val/prerecon_ssim']:.4f} |" in card
+    assert "library_name: diffusers" in card and "trust_remote_code=True" in card and "someone/glowdeblur-test" in card
+
+
+def test_resume_reproduces_uninterrupted_losses(bpp_run, data, tmp_path):
+    import shutil
+
+    shutil.copytree(bpp_run / "checkpoint-2", tmp_path / "checkpoint-2")
+    # a stale partial checkpoint (killed while saving) must be ignored and cleaned up
+    (tmp_path / "checkpoint-3.tmp").mkdir()
+    run(bpp_args(data, tmp_path, 4, ["--checkpointing_steps", "2", "--checkpoints_total_limit", "3",
+                                     "--diffusion_start_step", "1", "--validation_steps", "4",
+                                     "--resume_from_checkpoint", "latest"]))
+    expected, resumed = losses_by_step(bpp_run), losses_by_step(tmp_path)
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), (step, resumed, expected)
+    assert not (tmp_path / "checkpoint-3.tmp").exists()
+    from safetensors.torch import load_file
+
+    a = load_file(str(bpp_run / "checkpoint-4" / "ema_model.safetensors"))
+    b = load_file(str(tmp_path / "checkpoint-4" / "ema_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_sigterm_writes_a_complete_checkpoint_and_exits_cleanly(data, tmp_path):
+    cmd = [sys.executable] + bpp_args(data, tmp_path, 1000, ["--checkpointing_steps", "1000", "--validation_steps", "0",
+                                                             "--diffusion_start_step", "0"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "logs" / "train_log.jsonl"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    ckpts = list(tmp_path.glob("checkpoint-*"))
+    assert len(ckpts) == 1 and not ckpts[0].name.endswith(".tmp"), ckpts
+    step = int(ckpts[0].name.split("-")[1])
+    assert step >= 2 and step == max(losses_by_step(tmp_path))
+    assert "SIGTERM" in err
+    # loadable: resuming continues from exactly that step
+    run(bpp_args(data, tmp_path, step + 1, ["--validation_steps", "0", "--diffusion_start_step", "0",
+                                           "--resume_from_checkpoint", "latest"]))
+    assert max(losses_by_step(tmp_path)) == step + 1
+    assert (tmp_path / f"checkpoint-{step + 1}").is_dir()
+
+
+def test_two_process_cpu_run(data, tmp_path):
+    # torchrun-style launcher; the script selects CPU + gloo itself (see train/configs/cpu_2proc.yaml)
+    proc = run(bpp_args(data, tmp_path, 2, ["--checkpointing_steps", "2", "--validation_steps", "0",
+                                            "--diffusion_start_step", "1"]),
+               launcher=["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29517"])
+    assert "total batch 4" in proc.stderr  # 2 processes x batch 2
+    records = read_log(tmp_path)
+    assert [r["step"] for r in records if "loss/total" in r] == [1, 2]
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
+
+
+def test_finetune_mixes_real_and_simulated_data_with_freezing(bpp_run, data, tmp_path):
+    from safetensors.torch import load_file
+
+    proc = run([str(ROOT / "train" / "finetune.py"), *COMMON, "--pretrained_model_name_or_path",
+                str(bpp_run / "pipeline"), "--train_data_dir", str(data / "pairs"), "--sharp_data_dir",
+                str(data / "sharp"), "--frames_data_dir", str(data / "frames"), "--val_frames_holdout", "6",
+                "--mix_ratios", "0.5,0.2,0.3", "--freeze", "motion_estimator", "--validation_data_dir",
+                str(data / "pairs"), "--output_dir", str(tmp_path), "--max_train_steps", "2",
+                "--checkpointing_steps", "2", "--hub_dry_run", "--use_ema", "--ema_decay", "0.5"])
+    assert "frozen: ['motion_estimator']" in proc.stderr
+    assert sorted(losses_by_step(tmp_path)) == [1, 2]
+    before = load_file(str(bpp_run / "pipeline" / "motion_estimator" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(tmp_path / "pipeline" / "motion_estimator" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen
+    before = load_file(str(bpp_run / "pipeline" / "prereconstruction" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(tmp_path / "pipeline" / "prereconstruction" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained
+    card = (tmp_path / "pipeline" / "README.md").read_text()
+    assert "joint fine-tuning" in card and "paired/pairs" in card and "sim/sharp" in card
