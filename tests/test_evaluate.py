@@ -112,11 +112,14 @@ def evaluation(tmp_path_factory, tiny_pipeline_dir):
     base = _smooth_image(20, (64, 96))
     for i in range(12):  # a panning "video": the last 10 frames give one 9-frame validation pair
         Image.fromarray(np.ascontiguousarray(base[:, i : i + 64])).save(root / "frames" / f"{i:06d}.png")
+    (root / "real").mkdir()
+    Image.open(root / "plain" / "blur" / "a.png").save(root / "real" / "a.png")
+    (root / "real" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = root / "out"
     result = _run_evaluate(
         "--model", tiny_pipeline_dir, "--data", root / "plain", "--data", root / "gopro",
         "--synthetic", root / "plain" / "sharp", "--synthetic_crop", 48, "--frames", root / "frames",
-        "--frames_last", 10, "--no_reference", root / "plain" / "blur", "--ablations", "all",
+        "--frames_last", 10, "--no_reference", root / "real", "--ablations", "all",
         "--realblur_align", "--max_images", 2, "--output_dir", out,
     )
     return root, out, result
@@ -129,7 +132,9 @@ def test_evaluate_writes_every_row_with_finite_numbers(evaluation):
     assert markdown.strip() in result.stdout
     kinds = [source["kind"] for source in report["sources"]]
     assert kinds == ["paired", "paired", "synthetic", "frames", "no_reference"]
-    assert [s["images"] for s in report["sources"]] == [2, 2, 2, 1, 2]
+    assert [s["images"] for s in report["sources"]] == [2, 2, 2, 1, 1]
+    skipped = report["sources"][-1]["skipped"]  # an unreadable file is reported, never replaced or fatal
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0] and "1 unreadable files skipped" in markdown
     assert "layout gopro" in report["sources"][1]["note"]
     expected_rows = ["input", "full", "prerecon", "no_motion", "semantic", "steps1", "steps2", "steps4",
                      "fidelity0", "fidelity0.5"]
@@ -169,9 +174,7 @@ def test_blurry_input_row_equals_a_direct_computation(evaluation):
     assert floor["psnr"] == pytest.approx(np.mean(expected_psnr), abs=1e-9)
     assert floor["ssim"] == pytest.approx(np.mean(expected_ssim), abs=1e-9)
     no_reference = report["sources"][-1]["rows"]["input"]
-    assert no_reference["blur_effect"] == pytest.approx(
-        np.mean([metrics.blur_effect(Image.open(root / "plain" / "blur" / n)) for n in ["a.png", "b.png"]])
-    )
+    assert no_reference["blur_effect"] == pytest.approx(metrics.blur_effect(Image.open(root / "real" / "a.png")))
 
 
 def test_synthetic_and_frame_pairs_are_deterministic(evaluation, tiny_pipeline_dir):

@@ -172,15 +172,20 @@ def _image_files(folder: str, flag: str) -> list[Path]:
 
 def paired_source(folder: str, layout: str, max_images: int) -> Source:
     from glow.data import PairedFolderDataset
+    from glow.io import image_to_tensor
 
     dataset = PairedFolderDataset(folder, layout=layout, resolution=None, augment=False, split="test")
     root = Path(folder)
 
     def load(index: int) -> Sample:
-        item = dataset[index]
-        blur_path = Path(dataset.pairs[index][0])
+        # The pair list comes from the training adapter; the files are read here rather than through
+        # `dataset[index]`, which replaces an unreadable pair by another one (right for training, wrong for scoring).
+        blur_path, sharp_path = (Path(p) for p in dataset.pairs[index])
         name = str(blur_path.relative_to(root)) if blur_path.is_relative_to(root) else blur_path.name
-        return Sample(name, item["blurry"], item["sharp"])
+        blurry, sharp = image_to_tensor(blur_path).clamp(0, 1), image_to_tensor(sharp_path).clamp(0, 1)
+        if blurry.shape != sharp.shape:
+            raise ValueError(f"{name}: blurry {tuple(blurry.shape)} and sharp {tuple(sharp.shape)} differ in size")
+        return Sample(name, blurry, sharp)
 
     return Source(root.name or folder, "paired", folder, _limit(len(dataset), max_images), load,
                   note=f"layout {dataset.layout}")
@@ -346,10 +351,17 @@ def evaluate_source(pipe, source: Source, rows: list[str], args) -> dict:
         else:
             first_with_key[key] = row
     run_rows = [row for row in rows if row not in same_as]
+    skipped = []
     stats = {row: {"per_image": [], "seconds": 0.0, "megapixels": 0.0, "peak": 0.0} for row in run_rows}
 
     for index in range(source.count):
-        sample = source.load(index)
+        try:
+            sample = source.load(index)
+        except (ValueError, OSError) as error:  # glow.io.ImageReadError is a ValueError
+            # scored images are never silently replaced: the file is reported as skipped
+            print(f"  [{index + 1}/{source.count}] SKIPPED: {error}", flush=True)
+            skipped.append(str(error))
+            continue
         for row in run_rows:
             overrides = ROWS[row][1]
             if overrides is None:
@@ -386,7 +398,7 @@ def evaluate_source(pipe, source: Source, rows: list[str], args) -> dict:
         summary["peak_rss_mib"] = stat["peak"] if is_model else None
         summary["per_image"] = stat["per_image"]
         results[row] = summary
-    return results
+    return results, skipped
 
 
 def _slug(text: str) -> str:
@@ -417,6 +429,7 @@ def markdown_table(report: dict) -> str:
         has_gt = source["kind"] != "no_reference"
         realblur = report["realblur_align"] and has_gt
         note = f"; {source['note']}" if source["note"] else ""
+        note += f"; {len(source['skipped'])} unreadable files skipped" if source["skipped"] else ""
         lines += [f"**{source['name']}** ({source['kind']}, {source['images']} images{note})", ""]
         header = ["row"] + (["PSNR", "SSIM"] if has_gt else [])
         header += (["PSNR (RealBlur)", "SSIM (RealBlur)"] if realblur else [])
@@ -466,9 +479,10 @@ def main(argv=None):
     with torch.inference_mode():
         for source in sources:
             print(f"{source.name}: {source.count} images", flush=True)
-            rows = evaluate_source(pipe, source, args.rows, args)
+            rows, skipped = evaluate_source(pipe, source, args.rows, args)
             report["sources"].append({"name": source.name, "kind": source.kind, "path": source.path,
-                                      "note": source.note, "images": source.count, "rows": rows})
+                                      "note": source.note, "images": source.count - len(skipped),
+                                      "skipped": skipped, "rows": rows})
     markdown = markdown_table(report)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.md").write_text(markdown + "\n")
