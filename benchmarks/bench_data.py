@@ -32,12 +32,14 @@ def _crops(data: Path | None, n: int, res: int) -> list[torch.Tensor]:
     return [torch.from_numpy(rng.random((3, res, res), dtype=np.float32)) for _ in range(n)]
 
 
-def _rate(fn, n: int) -> float:
+def _rate(fn, n: int) -> tuple[float, float]:
+    """(samples per wall-clock second, samples per CPU second of this process). On a shared machine the CPU-time
+    rate is what one free core would deliver; the wall-clock rate is what this run got."""
     fn(0)  # warm-up (FFT plans, imports)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(n):
         fn(i)
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -55,22 +57,24 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, resolution {res}x{res}")
 
     sim = BlurSimulator(seed=0)
-    mix = _rate(lambda i: sim(crops[i % len(crops)]), args.n)
-    print(f"\nsimulator, default mix: {mix:6.1f} samples/s ({1000 / mix:5.1f} ms/sample, n={args.n})")
-    print("per blur kind (camera steps drawn as in the default mix):")
+    wall, cpu = _rate(lambda i: sim(crops[i % len(crops)]), args.n)
+    print(f"\nsimulator, default mix: {wall:6.1f} samples/s wall, {cpu:6.1f} samples/CPU-s (n={args.n})")
+    print("per blur kind (camera steps drawn as in the default mix):       wall    per CPU-s")
     for kind in BLUR_KINDS:
-        r = _rate(lambda i, k=kind: sim(crops[i % len(crops)], kind=k), args.per_kind)
-        print(f"  {kind:<15s} {r:6.1f} samples/s ({1000 / r:6.1f} ms)")
+        wall, cpu = _rate(lambda i, k=kind: sim(crops[i % len(crops)], kind=k), args.per_kind)
+        print(f"  {kind:<15s} {wall:6.1f} {cpu:6.1f} samples/s")
 
     if data is not None and (data / "train" / "sharp").is_dir():
         ds = SharpFolderDataset(data / "train" / "sharp", resolution=res, seed=0)
-        r = _rate(lambda i: ds[i], min(args.n, len(ds) - 1))
-        print(f"\nSharpFolderDataset end to end (decode JPEG + random scale/crop/flip + simulate): {r:6.1f} samples/s")
+        wall, cpu = _rate(lambda i: ds[i], min(args.n, len(ds) - 1))
+        print(f"\nSharpFolderDataset end to end (decode JPEG + random scale/crop/flip + simulate): "
+              f"{wall:6.1f} samples/s wall, {cpu:6.1f} per CPU-s")
     frames = data / "train" / "frames" / "GOPR0477_11_00" if data is not None else None
     if frames is not None and frames.is_dir():
         fd = FrameFolderDataset.train_split(frames, resolution=res)
-        r = _rate(lambda i: fd[i], 10)
-        print(f"FrameFolderDataset (k in 5..13 full 1280x720 JPEG frames averaged in linear light): {r:6.2f} samples/s")
+        wall, cpu = _rate(lambda i: fd[i], 10)
+        print(f"FrameFolderDataset (k in 5..13 1280x720 JPEG frames averaged in linear light): "
+              f"{wall:6.2f} samples/s wall, {cpu:6.2f} per CPU-s")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
