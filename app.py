@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import inspect
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import gradio as gr
 import spaces  # the @spaces.GPU decorator is a no-op off ZeroGPU Spaces
@@ -46,6 +47,10 @@ OUTPUT_DIR = Path(tempfile.gettempdir()) / "glowdeblur_outputs"
 OUTPUT_MAX_AGE_S = 3600
 
 MAX_STEPS = 4  # the pipeline is trained for 1-4 flow-matching steps
+# The UI starts at GLOWDeblurPipeline.__call__'s defaults (tests/test_app.py checks they agree; they are not read
+# from the class so the page can come up before diffusers is even imported).
+DEFAULT_STEPS = 1
+DEFAULT_FIDELITY = 0.0
 DEFAULT_SEED = 0
 
 
@@ -60,10 +65,24 @@ def load_pipeline():
     return pipe
 
 
-PIPE = load_pipeline()
-_CALL_DEFAULTS = {name: p.default for name, p in inspect.signature(PIPE.__call__).parameters.items()}
-DEFAULT_STEPS = int(_CALL_DEFAULTS.get("num_inference_steps") or 1)  # the UI starts at the pipeline's defaults
-DEFAULT_FIDELITY = float(_CALL_DEFAULTS.get("fidelity") or 0.0)
+# Cold start: importing diffusers and loading the weights takes about as long as importing gradio, so the model
+# loads in a background thread while the page is built and served; a request that comes first waits for it. On a
+# ZeroGPU Space the model must be placed on "cuda" at import time in the main process: load it synchronously there.
+if os.environ.get("SPACES_ZERO_GPU"):
+    _PIPE_FUTURE = Future()
+    _PIPE_FUTURE.set_result(load_pipeline())
+else:
+    _PIPE_FUTURE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model").submit(load_pipeline)
+    _PIPE_FUTURE.add_done_callback(lambda f: f.exception() and logger.error(
+        "could not load the model %s", MODEL_ID, exc_info=f.exception()))
+
+
+def get_pipeline():
+    try:
+        return _PIPE_FUTURE.result()
+    except Exception as e:
+        raise gr.Error(f"The model '{MODEL_ID}' could not be loaded: {type(e).__name__}: {str(e)[:300]}",
+                       title="Model unavailable") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,8 +119,11 @@ def run_pipeline(rgb: Image.Image, prompt: str, fidelity: float, steps: int, see
         state.update(tiles_done=tile_index + 1, tiles=num_tiles, steps=0)
         report()
 
-    optional = {"callback_on_tile_end": on_tile_end} if "callback_on_tile_end" in _CALL_DEFAULTS else {}
-    output = PIPE(
+    pipe = get_pipeline()
+    accepts = inspect.signature(pipe.__call__).parameters
+    optional = {"callback_on_tile_end": on_tile_end} if "callback_on_tile_end" in accepts else {}
+    started = time.perf_counter()
+    output = pipe(
         rgb,
         prompt=prompt,
         num_inference_steps=steps,
@@ -118,7 +140,7 @@ def run_pipeline(rgb: Image.Image, prompt: str, fidelity: float, steps: int, see
     motion = output.motion_fields[0]
     if hasattr(motion, "detach"):
         motion = motion.detach().float().cpu()
-    return output.images[0], motion, output.prereconstructions[0], state["tiles"]
+    return output.images[0], motion, output.prereconstructions[0], state["tiles"], time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,9 +272,12 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
     w, h = rgb.size
     prompt = str(prompt or "").strip()[:500]
 
+    if not _PIPE_FUTURE.done():
+        progress(0.02, desc="Loading the model (first request after start)")
+        get_pipeline()
     progress(0.05, desc="Estimating motion and deblurring")
     try:
-        restored, motion, prerecon, tiles = run_pipeline(rgb, prompt, fidelity, steps, seed, tile_size, tile_overlap,
+        restored, motion, prerecon, tiles, model_s = run_pipeline(rgb, prompt, fidelity, steps, seed, tile_size, tile_overlap,
                                                          guidance_scale, progress)
     except gr.Error:
         raise
@@ -282,7 +307,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
     report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
               f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
               f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''} — "
-              f"done in {time.perf_counter() - started:.1f} s on {DEVICE}.",
+              f"done in {time.perf_counter() - started:.1f} s on {DEVICE} (model {model_s:.1f} s).",
               f"Estimated motion: {describe_motion_field(motion)}."]
     report += [f"Note: {n}." for n in notes]
     if before.size != rgb.size:

@@ -137,6 +137,21 @@ def test_deblur_through_client(client, tmp_path):
                   - np.asarray(before.convert("RGB"), np.float32)).mean() > 5
 
 
+def test_ui_defaults_match_the_pipeline(client):
+    import inspect
+
+    from glow import GLOWDeblurPipeline
+
+    defaults = inspect.signature(GLOWDeblurPipeline.__call__).parameters
+    params = {p["parameter_name"]: p for p in client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/deblur"]["parameters"]}
+    assert params["steps"]["parameter_default"] == defaults["num_inference_steps"].default
+    assert params["fidelity"]["parameter_default"] == defaults["fidelity"].default
+    assert params["guidance_scale"]["parameter_default"] == defaults["guidance_scale"].default
+    assert not params["image"]["parameter_has_default"]
+    assert all(p["parameter_has_default"] for name, p in params.items() if name != "image")
+
+
 def test_fidelity_one_returns_the_prereconstruction(client, tmp_path):
     src = tmp_path / "photo.png"
     _blurry(88, 72, seed=1).save(src)
@@ -330,7 +345,7 @@ def test_browser_upload_deblur_download(app_url, tmp_path):
             page.wait_for_selector("#report :text('done in')", timeout=120_000)
             report = page.inner_text("#report")
             assert "real_text_motion_opencv.jpg" in report and "588x365" in report
-            assert "real_text_motion_opencv_deblurred.png" in page.inner_text("#download")
+            assert "real_text_motion_opencv_deblurred.png" in re.sub(r"\s", "", page.inner_text("#download"))
             assert page.locator("#before-after img").count() >= 2
             assert page.locator("#motion-field img").count() == 1
             with page.expect_download() as download_info:
@@ -342,8 +357,11 @@ def test_browser_upload_deblur_download(app_url, tmp_path):
 
             page.set_input_files("#input-image input[type=file]", str(_make_bad("text_as_png", tmp_path)))
             page.click("#deblur-btn")
-            page.wait_for_selector("text=not a recognised image file", timeout=30_000)
-            page.screenshot(path=str(screenshot), full_page=True)
+            toast = page.locator("[data-testid=toast-text]", has_text="not a recognised image file")
+            toast.wait_for(timeout=30_000)
+            assert "'notes.png'" in toast.inner_text()
+            page.wait_for_timeout(500)  # let the toast finish sliding in
+            page.screenshot(path=str(screenshot))  # the viewport: the error toast is pinned to its top right
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000 and (tmp_path / "result.png").stat().st_size > 10_000
