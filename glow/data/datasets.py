@@ -476,7 +476,7 @@ class FrameFolderDataset(_SeededDataset):
             return self.sample(index, sample_seed(self.seed, 0, index))
         return super().__getitem__(index)
 
-    def sample(self, index: int, seed: int) -> dict:
+    def sample(self, index: int, seed: int, _attempt: int = 0) -> dict:
         rng = np.random.default_rng(seed)
         n = len(self.files)
         if self.deterministic:
@@ -491,7 +491,9 @@ class FrameFolderDataset(_SeededDataset):
             middle_pic = _Picture(middle)
         except (ImageReadError, OSError) as err:
             _warn_once(middle, err)
-            return self.sample(index + 1, int(rng.integers(1 << 62)))
+            if _attempt >= _MAX_RETRIES:
+                raise RuntimeError(f"{_MAX_RETRIES} unreadable frames in a row in {self.root}") from err
+            return self.sample(index + 1, int(rng.integers(1 << 62)), _attempt + 1)
         _, h, w = middle_pic.shape
         if self.size is not None:
             th, tw = self.size

@@ -6,6 +6,7 @@ so a blurred image stays aligned with its sharp source. Random parameters come f
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -152,6 +153,19 @@ def defocus_kernel(radius: float, blades: int = 0, rotation: float = 0.0, ring: 
     """Out-of-focus PSF: a disk (`blades=0`) or a regular polygon aperture with `blades` sides, optionally with a
     bright rim (`ring` in [0, 1], spherical-aberration look). Area-sampled with `supersample`^2 points per pixel."""
     radius = float(min(max(radius, 0.3), (size - 3) / 2))
+    if blades < 3 and ring <= 0:
+        # plain disks repeat a lot (depth defocus draws one per patch): cache them at 1/100 px radius steps
+        return _disk_kernel(round(radius, 2), size, supersample).clone()
+    return _aperture_kernel(radius, blades, rotation, ring, size, supersample)
+
+
+@functools.lru_cache(maxsize=512)
+def _disk_kernel(radius: float, size: int, supersample: int) -> torch.Tensor:
+    return _aperture_kernel(radius, 0, 0.0, 0.0, size, supersample)
+
+
+def _aperture_kernel(radius: float, blades: int, rotation: float, ring: float, size: int, supersample: int
+                     ) -> torch.Tensor:
     c = (size - 1) / 2
     offs = (torch.arange(supersample, dtype=torch.float32) + 0.5) / supersample - 0.5
     coords = torch.arange(size, dtype=torch.float32) - c

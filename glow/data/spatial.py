@@ -150,7 +150,9 @@ def depth_defocus(linear: torch.Tensor, rng: np.random.Generator, max_radius: fl
     pix_motion = level_motion[lo] * (1 - frac[0]).unsqueeze(-1) + level_motion[lo + 1] * frac[0].unsqueeze(-1)
     motion = _pool(pix_motion.permute(2, 0, 1), MOTION_PATCH)
     patch_r = _pool(radius.unsqueeze(0), KERNEL_PATCH)[0]
-    kernels = torch.stack([defocus_kernel(float(r)) if r > 0.3 else _delta() for r in patch_r.reshape(-1)])
+    # radii on a 0.05 px grid: the cached disks are reused across patches and samples
+    kernels = torch.stack([defocus_kernel(round(float(r) * 20) / 20) if r > 0.3 else _delta()
+                           for r in patch_r.reshape(-1)])
     kernels = kernels.view(*patch_r.shape, KERNEL_SIZE, KERNEL_SIZE)
     return blurred, motion, kernels, {"max_radius": float(max_radius), "focus": float(focus)}
 
