@@ -185,7 +185,7 @@ def _finish_image(rgb, info, output_type):
     if output_type == "np":
         return hwc
     if info.sixteen_bit and hwc.shape[2] == 1:
-        return PIL.Image.fromarray(np.round(hwc[..., 0] * 65535).astype(np.uint16), mode="I;16")
+        return PIL.Image.fromarray(np.round(hwc[..., 0] * 65535).astype(np.uint16))  # mode I;16
     u8 = np.round(hwc * 255).astype(np.uint8)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
     return PIL.Image.fromarray(u8[..., 0] if mode == "L" else u8, mode=mode)

@@ -1,0 +1,237 @@
+"""GLOWDeblurPipeline end to end on the tiny preset (real components, random weights, no mocks)."""
+import io
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+from glow.presets import build_pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: one thread is as fast, and avoids OpenMP spin-wait slowdowns on a shared 2-core machine
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_pipeline("tiny", seed=0)
+    # the shipped init makes the pre-reconstruction an identity; give it a non-zero output so the tests below can
+    # tell the pre-reconstruction from the input
+    torch.manual_seed(1)
+    torch.nn.init.normal_(p.prereconstruction.ending.weight, std=0.05)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _smooth_image(h, w, c=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(1, c, 6, 6, generator=g), size=(h, w), mode="bicubic")
+    return x[0].clamp(0, 1)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("h,w", [(37, 53), (64, 64), (130, 71)])
+def test_shapes_dtypes_odd_sizes(pipe, h, w):
+    img = (_smooth_image(h, w).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    out = pipe(img, generator=_gen(), output_type="np")
+    assert out.images[0].shape == (h, w, 3) and out.images[0].dtype == np.float32
+    assert out.prereconstructions[0].shape == (h, w, 3)
+    assert out.motion_fields[0].shape == (3, -(-h // 8), -(-w // 8))
+    assert 0 <= out.images[0].min() and out.images[0].max() <= 1
+    pil = pipe(PIL.Image.fromarray(img), generator=_gen()).images[0]
+    assert isinstance(pil, PIL.Image.Image) and pil.size == (w, h) and pil.mode == "RGB"
+    pt = pipe(torch.from_numpy(img).permute(2, 0, 1).float() / 255, generator=_gen(), output_type="pt").images[0]
+    assert pt.shape == (3, h, w) and pt.dtype == torch.float32
+
+
+def test_seeded_determinism(pipe):
+    img = _smooth_image(96, 80)
+    a = pipe(img, generator=_gen(3), output_type="pt").images[0]
+    b = pipe(img, generator=_gen(3), output_type="pt").images[0]
+    c = pipe(img, generator=_gen(4), output_type="pt").images[0]
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 1e-4
+
+
+def test_fidelity_one_returns_prereconstruction_exactly(pipe):
+    img = _smooth_image(96, 80)
+    full = pipe(img, generator=_gen(), output_type="pt", fidelity=0.0)
+    exact = pipe(img, generator=_gen(), output_type="pt", fidelity=1.0)
+    assert torch.equal(exact.images[0], exact.prereconstructions[0])
+    assert torch.equal(exact.prereconstructions[0], full.prereconstructions[0])
+    assert (full.images[0] - full.prereconstructions[0]).abs().mean() > 1e-3  # the diffusion did something
+    assert (exact.images[0] - img).abs().mean() > 1e-3  # and the pre-reconstruction is not the input
+    half = pipe(img, generator=_gen(), output_type="pt", fidelity=0.5).images[0]
+    expected = exact.images[0] + 0.5 * (full.images[0] - exact.images[0])
+    unclipped = (full.images[0] > 0) & (full.images[0] < 1) & (exact.images[0] > 0) & (exact.images[0] < 1)
+    assert unclipped.float().mean() > 0.5
+    assert torch.allclose(half[unclipped], expected[unclipped], atol=1e-5)
+
+
+@pytest.mark.parametrize("fidelity", [0.0, 1.0])
+def test_tiled_equals_untiled(pipe, fidelity):
+    img = _smooth_image(200, 260)
+    whole = pipe(img, generator=_gen(), output_type="pt", tile_size=None, fidelity=fidelity)
+    tiled = pipe(img, generator=_gen(), output_type="pt", tile_size=128, tile_overlap=64, fidelity=fidelity)
+    diff = (whole.images[0] - tiled.images[0]).abs()
+    signal = (whole.images[0] - img).abs().mean()
+    assert signal > 1e-2
+    # per-tile global statistics (channel attention pooling, linear attention) differ slightly; seams would not
+    assert diff.mean() < 0.05 * signal and diff.max() < 0.05, (float(diff.mean()), float(diff.max()))
+    assert (whole.motion_fields[0] - tiled.motion_fields[0]).abs().mean() < 0.05
+
+
+def test_prompt_changes_output(pipe):
+    img = _smooth_image(64, 96)
+    empty = pipe(img, generator=_gen(), output_type="pt").images[0]
+    none = pipe(img, prompt=None, generator=_gen(), output_type="pt").images[0]
+    car = pipe(img, prompt="a red car parked on a street", generator=_gen(), output_type="pt").images[0]
+    text = pipe(img, prompt="a page of printed text", generator=_gen(), output_type="pt").images[0]
+    assert torch.equal(empty, none)
+    assert (car - empty).abs().mean() > 1e-4 and (car - text).abs().mean() > 1e-4
+    cfg = pipe(img, prompt="a red car parked on a street", guidance_scale=3.0, generator=_gen(), output_type="pt")
+    assert (cfg.images[0] - car).abs().mean() > 1e-4
+    # fidelity=1 skips the transformer: the prompt cannot matter
+    a = pipe(img, prompt="a red car", fidelity=1.0, output_type="pt").images[0]
+    b = pipe(img, prompt="text", fidelity=1.0, output_type="pt").images[0]
+    assert torch.equal(a, b)
+
+
+def test_captioner_callable_becomes_prompt(pipe):
+    img = _smooth_image(64, 64)
+    seen = []
+
+    def captioner(pil):
+        seen.append(pil.size)
+        return "a red car parked on a street"
+
+    by_caption = pipe(img, captioner=captioner, generator=_gen(), output_type="pt").images[0]
+    by_prompt = pipe(img, prompt="a red car parked on a street", generator=_gen(), output_type="pt").images[0]
+    assert seen == [(64, 64)] and torch.equal(by_caption, by_prompt)
+
+
+def test_modes_gray_alpha_16bit_exif_tiny(pipe):
+    rgb = (_smooth_image(40, 56).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    gray = PIL.Image.fromarray(rgb[..., 0])
+    out = pipe(gray, generator=_gen()).images[0]
+    assert out.mode == "L" and out.size == (56, 40)
+    rgba = np.dstack([rgb, np.arange(40 * 56).reshape(40, 56) % 256]).astype(np.uint8)
+    out = pipe(PIL.Image.fromarray(rgba, "RGBA"), generator=_gen()).images[0]
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[..., 3], rgba[..., 3])
+    out = pipe(rgba, generator=_gen(), output_type="np").images[0]
+    assert out.shape == (40, 56, 4) and np.allclose(out[..., 3], rgba[..., 3] / 255.0)
+    g16 = (rgb[..., 0].astype(np.uint16) * 257)
+    out = pipe(PIL.Image.fromarray(g16), generator=_gen()).images[0]
+    assert out.mode == "I;16" and out.size == (56, 40)
+    out = pipe(rgb.astype(np.uint16) * 257, generator=_gen(), output_type="np").images[0]
+    assert out.shape == (40, 56, 3)
+    one = pipe(rgb[..., :1], generator=_gen(), output_type="np").images[0]
+    assert one.shape == (40, 56, 1)
+    # EXIF orientation 6 (rotate 90° clockwise): a 56x40 stored image is shown as 40x56
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rgb).save(buf, format="JPEG", exif=exif.tobytes())
+    out = pipe(PIL.Image.open(io.BytesIO(buf.getvalue())), generator=_gen()).images[0]
+    assert out.size == (40, 56)
+    for h, w in [(5, 7), (1, 1), (15, 3)]:
+        out = pipe(np.full((h, w, 3), 128, np.uint8), generator=_gen(), output_type="np")
+        assert out.images[0].shape == (h, w, 3) and out.motion_fields[0].shape == (3, -(-h // 8), -(-w // 8))
+
+
+def test_batches(pipe):
+    imgs = [_smooth_image(40, 48, seed=1), _smooth_image(72, 33, seed=2)]
+    out = pipe(imgs, generator=[_gen(0), _gen(1)], output_type="pt")
+    assert [tuple(i.shape) for i in out.images] == [(3, 40, 48), (3, 72, 33)]
+    single = pipe(imgs[1], generator=_gen(1), output_type="pt").images[0]
+    assert torch.allclose(out.images[1], single, atol=1e-6)
+    batch = torch.stack([_smooth_image(64, 64, seed=s) for s in range(3)])
+    out = pipe(batch, prompt=["", "a dog", "a cat"], generator=_gen(), output_type="pt")
+    assert len(out.images) == 3 and len(out.motion_fields) == 3
+    images, motions, pres = pipe(batch[:1], return_dict=False, output_type="pt")
+    assert len(images) == len(motions) == len(pres) == 1
+
+
+def test_callbacks(pipe):
+    img = _smooth_image(200, 200)
+    steps, tiles = [], []
+
+    def on_step(p, step, timestep, kwargs):
+        assert p is pipe and set(kwargs) == {"latents", "prereconstruction"}
+        steps.append(step)
+        return {}
+
+    def on_tile(p, index, total, kwargs):
+        tiles.append((index, total, kwargs["box"]))
+
+    pipe(img, num_inference_steps=2, tile_size=128, tile_overlap=64, callback_on_step_end=on_step,
+         callback_on_step_end_tensor_inputs=["latents", "prereconstruction"], callback_on_tile_end=on_tile)
+    # 200 px -> padded 256 -> tiles start at 0, 64, 128 on each axis
+    assert [t[0] for t in tiles] == list(range(9)) and all(t[1] == 9 for t in tiles)
+    assert tiles[4][2] == (64, 64, 192, 192)
+    assert steps == list(range(18))
+    tiles.clear()
+    pipe(img, fidelity=1.0, tile_size=128, callback_on_tile_end=on_tile)
+    assert len(tiles) == 9
+
+
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        ("photo.jpg", TypeError, "PIL.Image, a numpy array"),
+        (42, TypeError, "got int"),
+        (np.zeros((0, 5, 3), np.uint8), ValueError, "empty"),
+        (np.zeros((8, 8, 3), np.int32), TypeError, "dtype int32"),
+        (np.zeros((8, 8, 5), np.uint8), ValueError, "5 channels"),
+        (np.full((8, 8, 3), 255.0, np.float32), ValueError, r"\[0, 1\]"),
+        (np.full((8, 8, 3), np.nan, np.float32), ValueError, "NaN"),
+        (np.zeros((2, 2, 8, 8, 3), np.uint8), ValueError, "shape"),
+        (torch.zeros(8, 8, 3, 2, dtype=torch.float32), ValueError, "2 channels|channels"),
+        (torch.zeros(3, 8, 8, dtype=torch.int64), TypeError, "dtype"),
+        ([], ValueError, "empty"),
+    ],
+)
+def test_bad_inputs(pipe, bad, error, match):
+    with pytest.raises(error, match=match):
+        pipe(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(fidelity=1.5), "fidelity"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(tile_size=100), "tile_size"),
+        (dict(tile_size=128, tile_overlap=128), "tile_overlap"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(prompt=["a", "b"]), "prompts"),
+    ],
+)
+def test_bad_arguments(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(np.zeros((16, 16, 3), np.uint8), **kwargs)
+
+
+def test_transformer_accepts_variable_grids(pipe):
+    # no absolute position embedding: any /8 grid works, including non-square ones
+    for h, w in [(3, 5), (8, 8), (11, 2)]:
+        hidden = torch.randn(1, pipe.transformer.config.in_channels, h, w)
+        out = pipe.transformer(hidden, encoder_hidden_states=torch.randn(1, 4, 384), timestep=torch.tensor([500.0]))
+        assert out.sample.shape == (1, 192, h, w)
+
+
+def test_latent_conventions_round_trip():
+    residual = torch.randn(2, 3, 64, 128) * 0.1
+    lat = GLOWDeblurPipeline.residual_to_latents(residual, 10.0)
+    assert lat.shape == (2, 192, 8, 16)
+    assert torch.allclose(GLOWDeblurPipeline.latents_to_residual(lat, 10.0), residual, atol=1e-7)

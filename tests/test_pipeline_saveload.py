@@ -1,0 +1,130 @@
+"""Save/load round trips: trust_remote_code in a fresh process where `glow` cannot be imported; the shipped folder."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import glow
+from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+from glow.presets import build_pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 5, generator=g), size=(70, 90), mode="bicubic")
+    return x[0].clamp(0, 1)
+
+
+def _check_folder(folder):
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    weights = [f for f in files if "pytorch_model" in f or f.endswith((".bin", ".pt", ".pth", ".ckpt", ".safetensors"))]
+    assert weights and all(f.endswith(".safetensors") for f in weights), weights
+    for name in ("pipeline_glowdeblur.py", "motion_estimator/motion_estimator.py",
+                 "prereconstruction/prereconstruction.py", "model_index.json", "scheduler/scheduler_config.json"):
+        assert name in files, (name, files)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_glowdeblur", "GLOWDeblurPipeline"]
+    assert index["motion_estimator"] == ["motion_estimator", "MotionEstimator"]
+    assert index["prereconstruction"] == ["prereconstruction", "PreReconstructionUNet"]
+    assert index["transformer"] == ["diffusers", "SanaTransformer2DModel"]
+    assert index["text_encoder"] == [None, None]  # referenced via text_encoder_id, not copied
+    # the copied modules must not import glow
+    for py in folder.rglob("*.py"):
+        src = py.read_text()
+        assert "import glow" not in src and "from glow" not in src, py
+    return index
+
+
+def test_trust_remote_code_round_trip_without_glow(tmp_path):
+    pipe = build_pipeline("tiny", seed=0)
+    torch.nn.init.normal_(pipe.prereconstruction.ending.weight, std=0.05)
+    pipe.set_progress_bar_config(disable=True)
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)  # this is also exactly the folder push_to_hub uploads
+    _check_folder(folder)
+    expected = pipe(_image(), prompt="a red car", generator=torch.Generator().manual_seed(0), output_type="np")
+
+    np.save(tmp_path / "input.npy", _image().numpy())
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["glow"] = None  # `import glow` raises ImportError in this process
+        sys.path = [p for p in sys.path if not p.startswith({str(Path(glow.__file__).parents[1])!r})]
+        try:
+            import glow
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("glow importable")
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == "GLOWDeblurPipeline", type(pipe)
+        assert type(pipe).__module__.startswith("diffusers_modules"), type(pipe).__module__
+        assert type(pipe.motion_estimator).__module__.startswith("diffusers_modules")
+        pipe.set_progress_bar_config(disable=True)
+        img = torch.from_numpy(np.load("input.npy"))
+        out = pipe(img, prompt="a red car", generator=torch.Generator().manual_seed(0), output_type="np")
+        np.save("output.npy", out.images[0])
+        np.save("motion.npy", out.motion_fields[0].numpy())
+        pipe.save_pretrained("resaved")
+        print("OK", pipe.config.training_status)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK untrained" in result.stdout
+    assert np.allclose(np.load(tmp_path / "output.npy"), expected.images[0], atol=1e-5)
+    assert np.allclose(np.load(tmp_path / "motion.npy"), expected.motion_fields[0].numpy(), atol=1e-5)
+    # re-saving from the dynamically loaded classes gives the same layout
+    _check_folder(tmp_path / "resaved")
+
+
+def test_glow_class_from_pretrained(tmp_path):
+    pipe = build_pipeline("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    loaded = GLOWDeblurPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is GLOWDeblurPipeline
+    assert type(loaded.motion_estimator).__module__ == "glow.models.motion_estimator"
+    loaded.set_progress_bar_config(disable=True)
+    a = pipe(_image(), generator=torch.Generator().manual_seed(0), output_type="pt").images[0]
+    b = loaded(_image(), generator=torch.Generator().manual_seed(0), output_type="pt").images[0]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="safetensors"):
+        pipe.save_pretrained(tmp_path / "x", safe_serialization=False)
+
+
+def test_shipped_default_model():
+    folder = Path(glow.DEFAULT_MODEL_PATH)
+    index = _check_folder(folder)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 30 * 2**20
+    # the copied modules are the current sources (re-run `python -m glow.presets --out glow/default_model`)
+    root = Path(glow.__file__).parent
+    assert (folder / "pipeline_glowdeblur.py").read_text() == (root / "pipeline_glowdeblur.py").read_text()
+    for name in ("motion_estimator", "prereconstruction"):
+        assert (folder / name / f"{name}.py").read_text() == (root / "models" / f"{name}.py").read_text()
+    pipe = GLOWDeblurPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.training_status == index["training_status"]
+    out = pipe(np.zeros((24, 40, 3), np.uint8), fidelity=1.0, output_type="np")
+    assert out.images[0].shape == (24, 40, 3)
