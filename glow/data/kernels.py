@@ -89,8 +89,10 @@ def camera_shake_points(rng: np.random.Generator, extent: float, n_steps: int = 
     """
     anxiety = rng.uniform(0.005, 0.1)
     centripetal = rng.uniform(0.0, 0.7)
-    gaussian_term = rng.uniform(0.0, 10.0)
-    big_shakes = rng.uniform(0.0, 0.2)
+    # jitter per step scaled for our finer time step (B&F use 64 samples per trajectory); expected number of
+    # jerks over the whole path 0-2.5 (hand shake is mostly smooth with a few abrupt turns)
+    gaussian_term = rng.uniform(0.0, 10.0) * math.sqrt(64 / n_steps)
+    jerk_prob = rng.uniform(0.0, 2.5) / n_steps
     step = 1.0 / (n_steps - 1)
     angle = rng.uniform(0, 2 * math.pi)
     v = complex(math.cos(angle), math.sin(angle)) * step
@@ -98,8 +100,9 @@ def camera_shake_points(rng: np.random.Generator, extent: float, n_steps: int = 
     normal = rng.standard_normal((n_steps, 2))
     uniform = rng.random((n_steps, 2))
     for t in range(n_steps - 1):
-        if uniform[t, 0] < big_shakes * anxiety * 10:  # a jerk: reverse-ish direction
-            nxt = 2 * v * complex(math.cos(math.pi + (uniform[t, 1] - 0.5)), math.sin(math.pi + (uniform[t, 1] - 0.5)))
+        if uniform[t, 0] < jerk_prob:  # a jerk: reverse-ish direction
+            turn = math.pi + (uniform[t, 1] - 0.5)
+            nxt = 2 * v * complex(math.cos(turn), math.sin(turn))
         else:
             nxt = 0
         dv = nxt + anxiety * (gaussian_term * complex(normal[t, 0], normal[t, 1]) - centripetal * x[t]) * step
