@@ -22,8 +22,10 @@ Sources (each flag may be repeated):
 Metrics (exact definitions in glow/metrics.py): PSNR and SSIM on uint8 RGB, no crop (GoPro convention); with
 --realblur_align also the RealBlur convention (ECC homography alignment to the GT, invalid border masked; every row,
 the blurry input included, is aligned the same way); skimage blur_effect (lower = sharper); seconds per megapixel of
-input (wall clock of the pipeline call, batch 1, model loaded and warmed up); peak resident memory of the process
-during the row's calls (the kernel's high-water mark is reset before every call on Linux).
+input (wall clock of the pipeline call, batch 1, model loaded and warmed up) and CPU seconds per megapixel (process
+time summed over all threads: on a shared, loaded machine it stays close to the uncontended cost while the wall clock
+does not); peak resident memory of the process during the row's calls (the kernel's high-water mark is reset before
+every call on Linux).
 
 Rows (--ablations all|none|comma list; "input" and "full" are always included):
   input          the blurry input itself: the floor every row should beat
@@ -352,7 +354,8 @@ def evaluate_source(pipe, source: Source, rows: list[str], args) -> dict:
             first_with_key[key] = row
     run_rows = [row for row in rows if row not in same_as]
     skipped = []
-    stats = {row: {"per_image": [], "seconds": 0.0, "megapixels": 0.0, "peak": 0.0} for row in run_rows}
+    stats = {row: {"per_image": [], "seconds": 0.0, "cpu_seconds": 0.0, "megapixels": 0.0, "peak": 0.0}
+             for row in run_rows}
 
     for index in range(source.count):
         try:
@@ -368,10 +371,11 @@ def evaluate_source(pipe, source: Source, rows: list[str], args) -> dict:
                 output = sample.blurry
             else:
                 _reset_peak_rss()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 output = run_pipeline(pipe, sample.blurry, call_kwargs(overrides, sample, args),
                                       overrides.get("motion_guidance", True), args.seed + index)
                 stats[row]["seconds"] += time.perf_counter() - start
+                stats[row]["cpu_seconds"] += time.process_time() - cpu_start
                 stats[row]["peak"] = max(stats[row]["peak"], _peak_rss_mib())
                 stats[row]["megapixels"] += sample.blurry.shape[-1] * sample.blurry.shape[-2] / 1e6
                 if output.shape != sample.blurry.shape:
@@ -394,7 +398,9 @@ def evaluate_source(pipe, source: Source, rows: list[str], args) -> dict:
             if stat["per_image"] and key in stat["per_image"][0]:
                 summary[key] = _mean([item[key] for item in stat["per_image"]])
         is_model = ROWS[ran][1] is not None
-        summary["seconds_per_megapixel"] = stat["seconds"] / stat["megapixels"] if is_model and stat["megapixels"] else None
+        per_mp = is_model and stat["megapixels"] > 0
+        summary["seconds_per_megapixel"] = stat["seconds"] / stat["megapixels"] if per_mp else None
+        summary["cpu_seconds_per_megapixel"] = stat["cpu_seconds"] / stat["megapixels"] if per_mp else None
         summary["peak_rss_mib"] = stat["peak"] if is_model else None
         summary["per_image"] = stat["per_image"]
         results[row] = summary
@@ -433,7 +439,7 @@ def markdown_table(report: dict) -> str:
         lines += [f"**{source['name']}** ({source['kind']}, {source['images']} images{note})", ""]
         header = ["row"] + (["PSNR", "SSIM"] if has_gt else [])
         header += (["PSNR (RealBlur)", "SSIM (RealBlur)"] if realblur else [])
-        header += ["blur_effect ↓", "s / MP", "peak RSS MiB"]
+        header += ["blur_effect ↓", "s / MP", "CPU s / MP", "peak RSS MiB"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in source["rows"].values():
             cells = [row["label"]]
@@ -442,7 +448,7 @@ def markdown_table(report: dict) -> str:
             if realblur:
                 cells += [_fmt(row.get("psnr_realblur"), 2), _fmt(row.get("ssim_realblur"), 4)]
             cells += [_fmt(row.get("blur_effect"), 4), _fmt(row.get("seconds_per_megapixel"), 2),
-                      _fmt(row.get("peak_rss_mib"), 0)]
+                      _fmt(row.get("cpu_seconds_per_megapixel"), 2), _fmt(row.get("peak_rss_mib"), 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
