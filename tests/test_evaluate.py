@@ -230,3 +230,23 @@ def test_bad_arguments_fail_clearly(tmp_path):
     result = subprocess.run(command + ["--no_reference", str(tmp_path), "--ablations", "steps3"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "unknown ablation rows ['steps3']" in result.stderr
+
+
+def test_hide_and_reds_layouts_are_read_through_the_training_adapter(tmp_path):
+    evaluate = _evaluate_module()
+    hide = tmp_path / "HIDE_dataset"  # HIDE: test/<subset>/NAME.png, sharp GT/NAME.png
+    _write_pairs(hide / "test" / "test-close-ups", hide / "GT", ["1fromGOPR0950.png"], seed=30)
+    _write_pairs(hide / "test" / "test-long-shot", hide / "GT", ["9fromGOPR1024.png"], seed=31)
+    reds = tmp_path / "REDS"  # REDS: val_blur/<seq>/*.png + val_sharp/<seq>/*.png ("test" has no GT: val is used)
+    _write_pairs(reds / "val_blur" / "000", reds / "val_sharp" / "000", ["00000000.png", "00000001.png"], seed=32)
+    for folder, layout, names in [
+        (hide, "hide", ["test/test-close-ups/1fromGOPR0950.png", "test/test-long-shot/9fromGOPR1024.png"]),
+        (reds, "reds", ["val_blur/000/00000000.png", "val_blur/000/00000001.png"]),
+    ]:
+        source = evaluate.paired_source(str(folder), "auto", 0)
+        assert source.note == f"layout {layout}" and source.count == 2
+        samples = [source.load(i) for i in range(2)]
+        assert [s.name for s in samples] == names
+        sharp_dir = folder / ("GT" if layout == "hide" else "val_sharp/000")
+        expected = np.asarray(Image.open(sharp_dir / Path(names[1]).name))
+        assert np.array_equal(metrics.to_uint8(samples[1].sharp), expected)
