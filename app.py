@@ -377,7 +377,7 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
     examples = list_examples()
     if examples:
         gr.Examples(examples=[[p] for p in examples], inputs=[input_image], label="Examples (click one, then Deblur)",
-                    examples_per_page=12)
+                    examples_per_page=12, elem_id="examples")
     gr.Markdown(f"Model: `{MODEL_ID if os.environ.get('GLOW_MODEL') else 'glow/default_model'}` on {DEVICE}. "
                 f"Uploads up to {MAX_MEGAPIXELS:g} MP / {MAX_UPLOAD}.")
 

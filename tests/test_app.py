@@ -339,10 +339,17 @@ def test_browser_upload_deblur_download(app_url, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(app_url, wait_until="networkidle")
             assert "GLOWDeblur" in page.title()
+            # an example from the gallery
+            page.locator("#examples button.gallery-item", has=page.locator("img[src*='real_licenseplate_opencv']")).click()
+            page.wait_for_selector("#input-image img", timeout=30_000)
+            page.click("#deblur-btn")
+            page.wait_for_selector("#report :text('real_licenseplate_opencv.jpg')", timeout=120_000)
+            assert "600x482" in page.inner_text("#report")
+            # an upload
             page.set_input_files("#input-image input[type=file]", str(example))
             page.wait_for_selector("#input-image img", timeout=30_000)
             page.click("#deblur-btn")
-            page.wait_for_selector("#report :text('done in')", timeout=120_000)
+            page.wait_for_selector("#report :text('real_text_motion_opencv.jpg')", timeout=120_000)
             report = page.inner_text("#report")
             assert "real_text_motion_opencv.jpg" in report and "588x365" in report
             assert "real_text_motion_opencv_deblurred.png" in re.sub(r"\s", "", page.inner_text("#download"))
