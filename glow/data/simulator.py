@@ -21,7 +21,7 @@ import torch
 
 from . import camera
 from .kernels import (camera_shake_kernel, convolve, defocus_kernel, delta_kernel, gaussian_kernel, linear_kernel,
-                      normalize_kernel)
+                      kernel_support_radius, normalize_kernel)
 from .motion import KERNEL_PATCH, KERNEL_SIZE, MOTION_PATCH, kernel_to_motion, motion_to_polar
 from .spatial import depth_defocus, moving_objects, rotation_blur, zoom_blur
 
@@ -154,8 +154,11 @@ class BlurSimulator:
             else:
                 kernel, text = self._global_kernel(kind, rng)
                 if rng.random() < self.config.p_combine:
-                    kernel = _compose(kernel, self._mild_kernel(rng))
-                    extra.append("combined")
+                    mild = self._mild_kernel(rng)
+                    # combine only when the result fits the 75 px kernel (no cut tail, so the centroid stays exact)
+                    if kernel_support_radius(kernel) + kernel_support_radius(mild) <= KERNEL_SIZE // 2 - 1:
+                        kernel = _compose(kernel, mild)
+                        extra.append("combined")
             blurred = convolve(linear, kernel)
             vec = kernel_to_motion(kernel)
             if kind != "none":
@@ -297,8 +300,6 @@ def _compose(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
 
 def _full_conv(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
-
-    from .kernels import kernel_support_radius
 
     r = kernel_support_radius(k2)
     c = k2.shape[-1] // 2
