@@ -95,3 +95,18 @@ def test_bad_config_is_rejected():
         BlurSimulator({"kind_weights": {"warp_drive": 1.0}})
     with pytest.raises(ValueError):
         BlurSimulator(seed=0)(_image(), kind="warp_drive")
+
+
+def test_every_ground_truth_kernel_is_centred_including_combined_ones():
+    sim = BlurSimulator(SimulatorConfig(p_combine=1.0), seed=9)
+    idx = torch.arange(KERNEL_SIZE, dtype=torch.float32)
+    c = (KERNEL_SIZE - 1) / 2
+    combined = 0
+    for seed, kind in enumerate(list(BLUR_KINDS) * 2):
+        s = sim(_image(3, 70, 70, seed), seed=seed, kind=kind)
+        combined += "combined" in s["kinds"]
+        k = s["kernel"].reshape(-1, KERNEL_SIZE, KERNEL_SIZE)
+        cx = (k.sum(1) * idx).sum(-1)
+        cy = (k.sum(2) * idx).sum(-1)
+        assert (cx - c).abs().max() < 1e-3 and (cy - c).abs().max() < 1e-3, kind
+    assert combined >= 2
