@@ -8,8 +8,8 @@ Decisions (documented here because callers rely on them):
 - alpha is kept (RGBA / LA -> RGBA); palette images become RGB, or RGBA when they carry transparency;
 - CMYK (and YCbCr, LAB, HSV) become RGB; 1-bit images become L;
 - animated images (GIF, APNG, WebP): the first frame is used;
-- 16-bit colour PNG: Pillow has no 48-bit mode and decodes these at 8 bits per channel, so that precision is lost
-  (16-bit grayscale PNG and 16-bit TIFF keep it);
+- 16-bit colour PNG: Pillow has no 48-bit mode, so `load_image` (8-bit PIL) rounds them; `load_image_array`
+  keeps all 16 bits (see `_decode_png_16bit_color`), as it does for 16-bit grayscale PNG and 16-bit TIFF;
 - files over `max_pixels` (default `MAX_IMAGE_PIXELS` = 100 MP, env `GLOW_MAX_IMAGE_PIXELS`) are refused before
   decoding (decompression-bomb guard);
 - not-an-image, empty, truncated files raise `ImageReadError` (a `ValueError`) naming the file.
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -181,9 +183,20 @@ def load_image_array(src: ImageSource, max_pixels: int | None = None) -> tuple[n
     if isinstance(src, Image.Image):
         image = _decode(src, what)
     else:
-        image = _decode(_open(src, max_pixels), what)
-        if image.size[0] * image.size[1] > max_pixels:  # EXIF transpose never grows, but be explicit
-            raise ImageReadError(f"Cannot read image {what}: exceeds the limit of {max_pixels / 1e6:.0f} MP")
+        if hasattr(src, "read") and not isinstance(src, (bytes, bytearray, memoryview)):
+            src = src.read()  # a stream can be read only once; both readers below need it
+        lazy = _open(src, max_pixels)  # header only: size limit checked before any decoding
+        data = _png_bytes_if_16bit_color(src)
+        if data is not None:
+            arr = _decode_png_16bit_color(data)
+            if arr is not None:
+                try:
+                    orientation = int(lazy.getexif().get(0x0112, 1))
+                except Exception:  # a broken EXIF block must not make a good image unreadable
+                    orientation = 1
+                arr = _apply_orientation(arr, orientation)
+                return arr.astype(np.float32) / 65535.0, arr.shape[2] == 4
+        image = _decode(lazy, what)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _gray_high_precision(image)[:, :, None], False
     image = _to_standard_mode(image)
@@ -191,6 +204,91 @@ def load_image_array(src: ImageSource, max_pixels: int | None = None) -> tuple[n
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr, image.mode == "RGBA"
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bytes_if_16bit_color(src) -> bytes | None:
+    """The file's bytes when it is a 16-bit RGB/RGBA PNG (IHDR bit depth 16, colour type 2 or 6), else None."""
+    try:
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, "rb") as f:
+                head = f.read(33)
+                if not (head[:8] == _PNG_SIGNATURE and head[24] == 16 and head[25] in (2, 6)):
+                    return None
+                return head + f.read()
+        data = bytes(src)
+    except (OSError, IndexError, TypeError):
+        return None
+    if len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[24] == 16 and data[25] in (2, 6):
+        return data
+    return None
+
+
+def _decode_png_16bit_color(data: bytes) -> np.ndarray | None:
+    """Decode a non-interlaced 16-bit RGB(A) PNG to uint16 `[H, W, C]` with full precision.
+
+    Pillow can only return these at 8 bits. PNG filters work byte-wise with the left neighbour `bpp` bytes back,
+    so each of the `bpp` byte lanes (R hi, R lo, G hi, ...) is an independent 8-bit grayscale image with the same
+    per-row filter types: we hand each lane to Pillow's C decoder as its own tiny PNG and re-interleave the bytes,
+    which keeps the unfiltering at C speed. Returns None for anything unexpected (caller falls back to Pillow)."""
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        length, tag = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body[:13])
+        elif tag == b"IDAT":
+            idat.append(body)
+        elif tag == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or not idat:
+        return None
+    width, height, depth, color_type, _, _, interlace = header
+    if depth != 16 or color_type not in (2, 6) or interlace != 0:
+        return None
+    channels = 3 if color_type == 2 else 4
+    bpp = 2 * channels
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error:
+        return None
+    if len(raw) < height * (width * bpp + 1):
+        return None
+    rows = np.frombuffer(raw, dtype=np.uint8, count=height * (width * bpp + 1)).reshape(height, width * bpp + 1)
+    filters, body = rows[:, :1], rows[:, 1:].reshape(height, width, bpp)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    lanes = []
+    for j in range(bpp):
+        lane = np.ascontiguousarray(np.concatenate([filters, body[:, :, j]], axis=1))
+        png = _PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(lane.tobytes(), 1)) \
+            + _chunk(b"IEND", b"")
+        try:
+            lanes.append(np.asarray(Image.open(io.BytesIO(png)).convert("L")))
+        except Exception:
+            return None
+    stacked = np.stack(lanes, axis=-1)
+    return (stacked[..., 0::2].astype(np.uint16) << 8) | stacked[..., 1::2]
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """numpy version of ImageOps.exif_transpose (same mapping as Pillow's)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 
 
 def _read_tiff_16bit(path, max_pixels: int) -> np.ndarray | None:

@@ -149,3 +149,48 @@ def test_to_pil_round_trip():
     assert back.shape == (3, 5, 6) and (back - t).abs().max() <= 0.5 / 255 + 1e-6
     assert to_pil(torch.rand(1, 4, 5, 6)).mode == "RGBA"
     assert to_pil(torch.rand(1, 5, 6)).mode == "L"
+
+
+def _png16_all_filters(values: np.ndarray) -> bytes:
+    """A 16-bit RGB(A) PNG whose rows use all five PNG filter types in turn (reference encoder, tiny images)."""
+    h, w, c = values.shape
+    bpp = 2 * c
+
+    def paeth(a, b, c_):
+        p = a + b - c_
+        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c_)
+        return a if pa <= pb and pa <= pc else b if pb <= pc else c_
+
+    out, prev = b"", bytes(w * bpp)
+    for y in range(h):
+        row, kind, filtered = values[y].astype(">u2").tobytes(), y % 5, bytearray()
+        for i, x in enumerate(row):
+            a = row[i - bpp] if i >= bpp else 0
+            up_left = prev[i - bpp] if i >= bpp else 0
+            pred = (0, a, prev[i], (a + prev[i]) // 2, paeth(a, prev[i], up_left))[kind]
+            filtered.append((x - pred) % 256)
+        out, prev = out + bytes([kind]) + bytes(filtered), row
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(out))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_png_keeps_precision(tmp_path, channels):
+    values = np.random.default_rng(channels).integers(0, 65536, (11, 13, channels), dtype=np.uint16)
+    png = _png16_all_filters(values)
+    path = tmp_path / "deep.png"
+    path.write_bytes(png)
+    for src in (png, path, open(path, "rb")):
+        arr, has_alpha = load_image_array(src)
+        assert arr.shape == (11, 13, channels) and has_alpha == (channels == 4)
+        assert np.abs(arr - values / 65535.0).max() < 1e-6  # all 16 bits, not Pillow's 8
+    image = load_image(png)  # the 8-bit PIL view still works
+    assert image.mode == ("RGB" if channels == 3 else "RGBA")
+    assert np.array_equal(np.asarray(image), (values >> 8).astype(np.uint8))
+    with pytest.raises(ImageReadError):
+        load_image_array(png[: len(png) // 2])
