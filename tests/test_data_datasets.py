@@ -102,7 +102,8 @@ def test_paired_layouts_are_detected_and_read(tmp_path, layout):
         (root / "RSBlur_real_train.txt").write_text(
             "RSBlur/0001/000001/gt/gt_sharp.png RSBlur/0001/000001/real_blur/real_blur.png\n")
     else:
-        _pair(root / "0001" / "000001" / "real_blur" / "real_blur.png", root / "0001" / "000001" / "gt" / "gt_sharp.png", 1)
+        scene = root / "0001" / "000001"
+        _pair(scene / "real_blur" / "real_blur.png", scene / "gt" / "gt_sharp.png", 1)
     expected = {"rsblur_dirs": "rsblur"}.get(layout, layout)
     assert detect_layout(root) == expected
     ds = PairedFolderDataset(root, resolution=None, augment=False)

@@ -115,7 +115,8 @@ def camera_shake_points(rng: np.random.Generator, extent: float, n_steps: int = 
     start = int(rng.integers(0, n_steps - length + 1))
     x = x[start:start + length]
     # variable speed: resample the path at non-uniform times (slow parts collect more light)
-    speed = 1.0 + rng.uniform(0, 0.8) * np.sin(np.linspace(0, rng.uniform(1, 4) * math.pi, length) + rng.uniform(0, 6.3))
+    phase = np.linspace(0, rng.uniform(1, 4) * math.pi, length) + rng.uniform(0, 6.3)
+    speed = 1.0 + rng.uniform(0, 0.8) * np.sin(phase)
     s = np.concatenate([[0], np.cumsum(speed[:-1])])
     s = s / s[-1] * (length - 1)
     x = np.interp(s, np.arange(length), x.real) + 1j * np.interp(s, np.arange(length), x.imag)
@@ -129,7 +130,8 @@ def camera_shake_points(rng: np.random.Generator, extent: float, n_steps: int = 
     if n_dense > len(pts):
         # keep the time parametrisation (equal time per original sample) -> interpolate in sample index
         ti = np.linspace(0, len(pts) - 1, n_dense)
-        pts = np.stack([np.interp(ti, np.arange(len(pts)), pts[:, 0]), np.interp(ti, np.arange(len(pts)), pts[:, 1])], 1)
+        t0 = np.arange(len(pts))
+        pts = np.stack([np.interp(ti, t0, pts[:, 0]), np.interp(ti, t0, pts[:, 1])], axis=1)
     return pts.astype(np.float32)
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..io import to_pil
 from .datasets import SharpFolderDataset
 from .motion import MOTION_PATCH, motion_to_color, motion_to_polar
-from .simulator import BLUR_KINDS, BlurSimulator
+from .simulator import BLUR_KINDS
 
 
 def _font(size: int):
@@ -76,7 +76,8 @@ def make_sheet(samples: list[dict], tile: int = 256, text_width: int = 300) -> I
         if s["kernel_valid"][kh // 2, kw // 2] > 0:
             row.paste(kernel, (x0 + 4, 0))
         draw = ImageDraw.Draw(row)
-        lines = textwrap.wrap(s["text"] or "(no description)", 38) + textwrap.wrap("kinds: " + ", ".join(s["kinds"]), 38)
+        lines = textwrap.wrap(s["text"] or "(no description)", 38)
+        lines += textwrap.wrap("kinds: " + ", ".join(s["kinds"]), 38)
         if s["motion_valid"].mean() > 0:
             lines.append(f"mean length {float(s['motion'][2].mean()):.1f} px")
         draw.multiline_text((x0 + 4, 100), "\n".join(lines), fill=(230, 230, 230), font=font)

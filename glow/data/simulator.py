@@ -177,7 +177,8 @@ class BlurSimulator:
             return blurred, motion, kernels, f"{_strength(info['max_disp'])} zoom blur", extra
         if kind == "depth_defocus":
             blurred, motion, kernels, info = depth_defocus(linear, rng, max_radius=rng.uniform(2.0, 10.0))
-            return blurred, motion, kernels, f"{_strength(math.sqrt(3) * info['max_radius'])} depth-dependent defocus", extra
+            text = f"{_strength(math.sqrt(3) * info['max_radius'])} depth-dependent defocus"
+            return blurred, motion, kernels, text, extra
         if kind == "object_motion":
             n_obj = int(rng.integers(1, self.config.max_objects + 1))
             objects = []
