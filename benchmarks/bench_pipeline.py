@@ -1,0 +1,146 @@
+"""Speed and memory of GLOWDeblurPipeline (CPU, fp32).
+
+    python benchmarks/bench_pipeline.py                        # default model, 1 MP and 12 MP, default settings
+    python benchmarks/bench_pipeline.py --megapixels 1 --steps 2 --tile-size 1024
+
+Each image size runs in its own subprocess so peak RSS (ru_maxrss) is per size. Also times each component on one
+default-size tile. Weights do not matter for speed, so the (possibly untrained) shipped folder is fine.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _load(model):
+    from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+
+    pipe = GLOWDeblurPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _call_kwargs(args):
+    kw = dict(num_inference_steps=args.steps, fidelity=args.fidelity, guidance_scale=args.guidance_scale)
+    if args.tile_size is not None:
+        kw["tile_size"] = None if args.tile_size == 0 else args.tile_size
+    if args.tile_overlap is not None:
+        kw["tile_overlap"] = args.tile_overlap
+    return kw
+
+
+def run_one(args):
+    """Child process: one image of args.megapixels[0] MP; prints a JSON line."""
+    torch.set_num_threads(args.threads)
+    mp = args.megapixels[0]
+    w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
+    h = int(round(mp * 1e6 / w))
+    rng = np.random.default_rng(0)
+    image = (rng.random((h // 16 + 1, w // 16 + 1, 3)) * 255).astype(np.uint8)
+    image = np.kron(image, np.ones((16, 16, 1), np.uint8))[:h, :w]  # blocky, so not pure noise
+    pipe = _load(args.model)
+    pipe(image[:64, :64], **_call_kwargs(args))  # warm-up (also loads/caches the empty-prompt embedding)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    out = pipe(image, generator=torch.Generator().manual_seed(0), output_type="np", **_call_kwargs(args))
+    seconds = time.perf_counter() - t0
+    assert out.images[0].shape == image.shape
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(megapixels=h * w / 1e6, size=f"{w}x{h}", seconds=seconds, s_per_mp=seconds / (h * w / 1e6),
+                          peak_rss_mb=rss, rss_after_load_mb=rss_before)))
+
+
+@torch.no_grad()
+def components(args):
+    torch.set_num_threads(args.threads)
+    pipe = _load(args.model)
+    tile = args.tile_size or 512
+    x = torch.rand(1, 3, tile, tile)
+    emb, mask = pipe.encode_prompt([""])
+    rows = {}
+
+    def timed(name, fn, repeat=3):
+        fn()
+        t = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            r = fn()
+            t.append(time.perf_counter() - t0)
+        rows[name] = min(t)
+        return r
+
+    est = timed("motion_estimator", lambda: pipe.motion_estimator(x))
+    if pipe.prereconstruction.config.use_wiener:
+        timed("  of which: wiener deconvolution (inside prereconstruction)", lambda: pipe.prereconstruction.wiener(x, est.kernels))
+    pre = timed("prereconstruction (wiener + U-Net)", lambda: pipe.prereconstruction(x, kernels=est.kernels, motion=est.motion))
+    hidden = pipe.transformer_input(torch.randn(1, 192, tile // 8, tile // 8), pre.features, est.motion)
+    timed("transformer (one step)", lambda: pipe.transformer(hidden, encoder_hidden_states=emb,
+                                                             encoder_attention_mask=mask, timestep=torch.tensor([1000.0])))
+    mp = tile * tile / 1e6
+    print(f"per component on one {tile}x{tile} tile ({args.threads} threads):")
+    for name, s in rows.items():
+        print(f"  {name:58s} {s * 1000:8.1f} ms  = {s / mp:6.2f} s/MP")
+    params = {n: sum(p.numel() for p in getattr(pipe, n).parameters()) for n in ("motion_estimator", "prereconstruction", "transformer")}
+    print(f"parameters (without text encoder): {params}, total {sum(params.values()) / 1e6:.2f} M")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="pipeline folder (default: glow.DEFAULT_MODEL_PATH)")
+    parser.add_argument("--megapixels", type=float, nargs="+", default=[1.0, 12.0])
+    parser.add_argument("--steps", type=int, default=None, help="default: the pipeline's default")
+    parser.add_argument("--fidelity", type=float, default=None)
+    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--tile-size", type=int, default=None, help="0 = no tiling; default: the pipeline's default")
+    parser.add_argument("--tile-overlap", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-components", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.model is None:
+        import glow
+
+        args.model = glow.DEFAULT_MODEL_PATH
+    import inspect
+
+    from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+
+    defaults = {k: v.default for k, v in inspect.signature(GLOWDeblurPipeline.__call__).parameters.items()}
+    args.steps = args.steps if args.steps is not None else defaults["num_inference_steps"]
+    args.fidelity = args.fidelity if args.fidelity is not None else defaults["fidelity"]
+    args.guidance_scale = args.guidance_scale if args.guidance_scale is not None else defaults["guidance_scale"]
+    if args.child:
+        return run_one(args)
+
+    print(f"load: {os.getloadavg()} (shared machine), torch {torch.__version__}, threads {args.threads}")
+    print(f"settings: steps={args.steps} fidelity={args.fidelity} guidance_scale={args.guidance_scale} "
+          f"tile_size={args.tile_size if args.tile_size is not None else defaults['tile_size']} "
+          f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}")
+    for mp in args.megapixels:
+        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--megapixels", str(mp),
+               "--steps", str(args.steps), "--fidelity", str(args.fidelity), "--guidance-scale", str(args.guidance_scale),
+               "--threads", str(args.threads)]
+        if args.tile_size is not None:
+            cmd += ["--tile-size", str(args.tile_size)]
+        if args.tile_overlap is not None:
+            cmd += ["--tile-overlap", str(args.tile_overlap)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            print(res.stderr[-2000:])
+            raise SystemExit(res.returncode)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"{r['size']:>11s} ({r['megapixels']:.1f} MP): {r['seconds']:7.1f} s = {r['s_per_mp']:.2f} s/MP, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB (after loading: {r['rss_after_load_mb']:.0f} MB)")
+    if not args.skip_components:
+        components(args)
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
