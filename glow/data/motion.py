@@ -2,7 +2,8 @@
 
 One vector per `MOTION_PATCH` px patch: `(d cos 2θ, d sin 2θ, L)` with θ the dominant blur direction (x right,
 y down, θ from +x towards +y; doubled because a streak has no sign), `d = (λ1 - λ2) / (λ1 + λ2)` the
-directionality and `L = sqrt(12 λ1)` the blur length, λ1 ≥ λ2 the eigenvalues of the PSF's second-moment (covariance) matrix.
+directionality and `L = sqrt(12 λ1)` the blur length, λ1 ≥ λ2 the eigenvalues of the PSF's second-moment
+(covariance) matrix.
 Because `d cos 2θ = (cxx - cyy) / (cxx + cyy)` and `d sin 2θ = 2 cxy / (cxx + cyy)`, no angle is ever computed.
 """
 from __future__ import annotations
