@@ -110,3 +110,13 @@ def test_every_ground_truth_kernel_is_centred_including_combined_ones():
         cy = (k.sum(2) * idx).sum(-1)
         assert (cx - c).abs().max() < 1e-3 and (cy - c).abs().max() < 1e-3, kind
     assert combined >= 2
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (2, 70)])
+def test_tiny_images_work_with_every_camera_step(size):
+    loud = SimulatorConfig(p_noise=1, p_low_light=1, p_jpeg=1, p_highlights=1, p_bayer=1, p_combine=1)
+    sim = BlurSimulator(loud, seed=0)
+    for kind in BLUR_KINDS:
+        s = sim(torch.rand(3, *size), kind=kind)
+        assert s["blurry"].shape == (3, *size) and torch.isfinite(s["blurry"]).all()
+        assert s["motion"].shape == (3, 1, math.ceil(size[1] / 8))

@@ -84,8 +84,9 @@ def demosaic_bilinear(raw: torch.Tensor, pattern: str = "RGGB") -> torch.Tensor:
     sparse = masks * raw
     k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 4
     weight = k.view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    num = F.conv2d(F.pad(sparse.unsqueeze(0), (1, 1, 1, 1), mode="reflect"), weight, groups=3)[0]
-    den = F.conv2d(F.pad(masks.unsqueeze(0), (1, 1, 1, 1), mode="reflect"), weight, groups=3)[0]
+    pad = "reflect" if h > 1 and w > 1 else "replicate"  # reflect needs 2 px
+    num = F.conv2d(F.pad(sparse.unsqueeze(0), (1, 1, 1, 1), mode=pad), weight, groups=3)[0]
+    den = F.conv2d(F.pad(masks.unsqueeze(0), (1, 1, 1, 1), mode=pad), weight, groups=3)[0]
     out = num / den.clamp_min(1e-6)
     return torch.where(masks > 0, raw.expand(3, h, w), out)
 
