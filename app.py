@@ -157,23 +157,29 @@ def _upload_path(value) -> tuple[str | None, str]:
     return str(value), Path(str(value)).name
 
 
-def _peek(path: str) -> tuple[tuple[int, int] | None, list[str]]:
-    """Header-only look at the upload: its size (for the caps, before decoding) and notes worth telling the user."""
+def _peek(path: str) -> tuple[tuple[int, int] | None, list[str], bool]:
+    """Header-only look at the upload: its size (for the caps, before decoding), notes worth telling the user, and
+    whether browsers can show the file as it is (then it is the "before" picture as is: no re-encoding)."""
     notes = []
     try:
         with Image.open(path) as im:
             size = im.size
+            wide_colour = bool(im.tile) and "16" in str(im.tile[0][3])  # e.g. rawmode "RGB;16B": 48-bit colour
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"animated {im.format} ({im.n_frames} frames): the first frame was deblurred")
             if im.mode == "CMYK":
                 notes.append("CMYK image: converted to RGB")
             if im.mode.startswith("I;16") or im.mode in ("I", "F"):
                 notes.append("16-bit grayscale image: read at full precision, output as 8-bit")
-            elif im.tile and "16" in str(im.tile[0][3]):  # e.g. rawmode "RGB;16B": 48-bit colour
+            elif wide_colour:
                 notes.append("16-bit colour image: read at 8 bits per channel")
-            return size, notes
+            # (getexif() may decode a PNG to find its eXIf chunk: last)
+            displayable = (im.format in ("JPEG", "PNG", "WEBP") and im.mode in ("RGB", "L") and not wide_colour
+                           and getattr(im, "n_frames", 1) == 1 and max(size) <= PREVIEW_LONG_SIDE
+                           and im.getexif().get(0x0112, 1) == 1)
+            return size, notes, displayable
     except Exception:  # not decodable here: load_image gives the readable reason
-        return None, notes
+        return None, notes, False
 
 
 def _friendly(error: Exception, path: str, name: str) -> str:
@@ -181,12 +187,13 @@ def _friendly(error: Exception, path: str, name: str) -> str:
     return str(error).replace(f"'{path}'", f"'{name}'" if name else "the upload").replace(path, name or "the upload")
 
 
-def read_upload(value) -> tuple[Image.Image, str, list[str]]:
-    """Upload -> (PIL image in RGB/RGBA/L, file name, notes). Raises gr.Error with a readable message."""
+def read_upload(value) -> tuple[Image.Image, str, list[str], str | None]:
+    """Upload -> (PIL image in RGB/RGBA/L, file name, notes, the file itself when browsers can show it as is).
+    Raises gr.Error with a readable message."""
     path, name = _upload_path(value)
     if not path:
         raise gr.Error("Please upload a photo first (drag and drop, paste, or click to browse).", title="No image")
-    size, notes = _peek(path)
+    size, notes, displayable = _peek(path)
     if size is not None:
         w, h = size
         if w * h > MAX_MEGAPIXELS * 1e6:
@@ -205,7 +212,7 @@ def read_upload(value) -> tuple[Image.Image, str, list[str]]:
         notes.append("transparency kept: the alpha channel is copied to the PNG download")
     elif image.mode == "L":
         notes.append("grayscale image: the PNG download is grayscale too")
-    return image, name, notes
+    return image, name, notes, (path if displayable else None)
 
 
 def _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap, guidance_scale):
@@ -266,7 +273,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
         fidelity, steps, seed, tile_size, tile_overlap, guidance_scale)
-    original, name, notes = read_upload(image)
+    original, name, notes, display_path = read_upload(image)
     alpha = original.getchannel("A") if original.mode == "RGBA" else None
     rgb = original.convert("RGB")
     w, h = rgb.size
@@ -304,6 +311,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
     before = _preview(rgb)
     after = _preview(restored)
     overlay = draw_motion_field(before, motion, source_size=rgb.size)
+    before_shown = display_path or before  # the upload itself when browsers can show it: no re-encoding
     report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
               f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
               f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''} — "
@@ -313,7 +321,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
     if before.size != rgb.size:
         report.append(f"Pictures on this page are downscaled to {before.width}x{before.height}; "
                       "the PNG download is full resolution.")
-    return (before, after), overlay, _preview(prerecon.convert("RGB")), png_path, "\n\n".join(report)
+    return (before_shown, after), overlay, _preview(prerecon.convert("RGB")), png_path, "\n\n".join(report)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,7 +378,7 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
                 motion_view = gr.Image(label="Estimated motion field", type="pil", elem_id="motion-field",
                                        interactive=False)
                 prerecon_view = gr.Image(label="Pre-reconstruction (motion-guided deconvolution)", type="pil",
-                                         elem_id="prereconstruction", interactive=False, format="png")
+                                         elem_id="prereconstruction", interactive=False)
             gr.Markdown(MOTION_HELP)
             download = gr.File(label="Full-resolution PNG", elem_id="download", interactive=False)
             report = gr.Markdown(label="Report", elem_id="report")
