@@ -10,6 +10,7 @@ API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblu
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -22,11 +23,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import gradio as gr
 import spaces  # the @spaces.GPU decorator is a no-op off ZeroGPU Spaces
+import numpy as np
 import torch
 from PIL import Image
 
 import glow
-from glow.io import ImageReadError, load_image
+from glow.io import ImageReadError, load_image, load_image_array
 from glow.visualize import describe_motion_field, draw_motion_field
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -38,8 +40,7 @@ EXAMPLES_DIR = ROOT / "examples"
 MODEL_ID = os.environ.get("GLOW_MODEL") or glow.DEFAULT_MODEL_PATH
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MAX_MEGAPIXELS = float(os.environ.get("GLOW_MAX_MEGAPIXELS", 24))
-AUTO_TILE_SIZE = 512  # "auto": tiles of this size (one tile for smaller images); memory stays bounded at any size
-TILE_MULTIPLE = 64  # the pipeline's tile grid
+TILE_MULTIPLE = 64  # the pipeline's tile grid; tile size 0 = "auto" = the pipeline's own default tile size
 MIN_SIDE = 16  # px; smaller images carry no blur worth removing (and one 8-px motion patch would cover them)
 PREVIEW_LONG_SIDE = 2048  # on-page pictures are capped here; the PNG download is always full resolution
 MAX_UPLOAD = "50mb"
@@ -88,21 +89,30 @@ def get_pipeline():
 # ---------------------------------------------------------------------------------------------------------------
 # Model call (the only GPU work)
 # ---------------------------------------------------------------------------------------------------------------
-def count_tiles(width: int, height: int, tile_size: int, tile_overlap: int) -> int:
-    """How many tiles the pipeline will process (its grid: sizes padded to 64; only used for the progress bar)."""
+def estimate_tiles(width: int, height: int, tile_size: int | None, tile_overlap: int) -> int:
+    """Tiles the pipeline will use (sizes padded to 64); only a first guess for the progress bar, which then follows
+    the pipeline's own per-tile callback."""
     def along(length):
         padded = -(-length // TILE_MULTIPLE) * TILE_MULTIPLE
-        tile = min(tile_size, padded)
-        return 1 if padded <= tile else len(range(0, padded - tile, tile - tile_overlap)) + 1
+        return 1 if not tile_size or padded <= tile_size else math.ceil((padded - tile_overlap) /
+                                                                        (tile_size - tile_overlap))
 
     return along(width) * along(height)
 
 
 @spaces.GPU(duration=60)
-def run_pipeline(rgb: Image.Image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int,
-                 tile_overlap: int, guidance_scale: float, progress=gr.Progress()):
-    """Deblur one RGB image; returns (deblurred PIL, motion field [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles)."""
-    state = {"tiles_done": 0, "steps": 0, "tiles": count_tiles(*rgb.size, tile_size, tile_overlap)}
+def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int, tile_overlap: int,
+                 guidance_scale: float, progress=gr.Progress()):
+    """Deblur one RGB image (PIL, or float HxWx3 for 16-bit files). Returns (deblurred PIL, motion field
+    [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles used, tile size used, seconds in the model)."""
+    pipe = get_pipeline()
+    accepts = inspect.signature(pipe.__call__).parameters
+    if tile_size == 0:  # auto: the pipeline's default (tuned by its authors for speed at bounded memory)
+        tile_size = accepts["tile_size"].default if "tile_size" in accepts else None
+    if tile_size:
+        tile_overlap = min(tile_overlap, tile_size - TILE_MULTIPLE)
+    height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+    state = {"tiles_done": 0, "steps": 0, "tiles": estimate_tiles(width, height, tile_size, tile_overlap)}
     share = 1.0 / (steps + 1)  # of a tile's time: the motion estimate + pre-reconstruction, then each step
 
     def report():
@@ -119,12 +129,10 @@ def run_pipeline(rgb: Image.Image, prompt: str, fidelity: float, steps: int, see
         state.update(tiles_done=tile_index + 1, tiles=num_tiles, steps=0)
         report()
 
-    pipe = get_pipeline()
-    accepts = inspect.signature(pipe.__call__).parameters
     optional = {"callback_on_tile_end": on_tile_end} if "callback_on_tile_end" in accepts else {}
     started = time.perf_counter()
     output = pipe(
-        rgb,
+        image,
         prompt=prompt,
         num_inference_steps=steps,
         fidelity=fidelity,
@@ -140,7 +148,8 @@ def run_pipeline(rgb: Image.Image, prompt: str, fidelity: float, steps: int, see
     motion = output.motion_fields[0]
     if hasattr(motion, "detach"):
         motion = motion.detach().float().cpu()
-    return output.images[0], motion, output.prereconstructions[0], state["tiles"], time.perf_counter() - started
+    return (output.images[0], motion, output.prereconstructions[0], state["tiles"], tile_size,
+            time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,7 +166,7 @@ def _upload_path(value) -> tuple[str | None, str]:
     return str(value), Path(str(value)).name
 
 
-def _peek(path: str) -> tuple[tuple[int, int] | None, list[str], bool]:
+def _peek(path: str) -> tuple[tuple[int, int] | None, list[str], bool, bool]:
     """Header-only look at the upload: its size (for the caps, before decoding), notes worth telling the user, and
     whether browsers can show the file as it is (then it is the "before" picture as is: no re-encoding)."""
     notes = []
@@ -169,17 +178,16 @@ def _peek(path: str) -> tuple[tuple[int, int] | None, list[str], bool]:
                 notes.append(f"animated {im.format} ({im.n_frames} frames): the first frame was deblurred")
             if im.mode == "CMYK":
                 notes.append("CMYK image: converted to RGB")
-            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-                notes.append("16-bit grayscale image: read at full precision, output as 8-bit")
-            elif wide_colour:
-                notes.append("16-bit colour image: read at 8 bits per channel")
+            sixteen_bit = wide_colour or im.mode.startswith("I;16") or im.mode in ("I", "F")
+            if sixteen_bit:
+                notes.append("16-bit image: deblurred at full precision; the download is 8-bit")
             # (getexif() may decode a PNG to find its eXIf chunk: last)
             displayable = (im.format in ("JPEG", "PNG", "WEBP") and im.mode in ("RGB", "L") and not wide_colour
                            and getattr(im, "n_frames", 1) == 1 and max(size) <= PREVIEW_LONG_SIDE
                            and im.getexif().get(0x0112, 1) == 1)
-            return size, notes, displayable
+            return size, notes, displayable, sixteen_bit
     except Exception:  # not decodable here: load_image gives the readable reason
-        return None, notes, False
+        return None, notes, False, False
 
 
 def _friendly(error: Exception, path: str, name: str) -> str:
@@ -187,21 +195,25 @@ def _friendly(error: Exception, path: str, name: str) -> str:
     return str(error).replace(f"'{path}'", f"'{name}'" if name else "the upload").replace(path, name or "the upload")
 
 
-def read_upload(value) -> tuple[Image.Image, str, list[str], str | None]:
-    """Upload -> (PIL image in RGB/RGBA/L, file name, notes, the file itself when browsers can show it as is).
-    Raises gr.Error with a readable message."""
+def read_upload(value):
+    """Upload -> (PIL image in RGB/RGBA/L, full-precision float HxWx3 model input for 16-bit files or None, file name,
+    notes, the file itself when browsers can show it as is). Raises gr.Error with a readable message."""
     path, name = _upload_path(value)
     if not path:
         raise gr.Error("Please upload a photo first (drag and drop, paste, or click to browse).", title="No image")
-    size, notes, displayable = _peek(path)
+    size, notes, displayable, sixteen_bit = _peek(path)
     if size is not None:
         w, h = size
         if w * h > MAX_MEGAPIXELS * 1e6:
             raise gr.Error(
                 f"'{name}' is {w}x{h} = {w * h / 1e6:.1f} megapixels; this app accepts up to {MAX_MEGAPIXELS:g} MP. "
                 "Please downscale it first.", title="Image too large")
+    model_input = None
     try:
         image = load_image(path, max_pixels=int(MAX_MEGAPIXELS * 1e6))
+        if sixteen_bit:  # the model sees all 16 bits (deconvolution amplifies 8-bit banding); the page shows 8 bits
+            array, _ = load_image_array(path, max_pixels=int(MAX_MEGAPIXELS * 1e6))
+            model_input = np.ascontiguousarray(np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[..., :3])
     except ImageReadError as e:
         raise gr.Error(_friendly(e, path, name) + ". Supported: JPEG, PNG, WebP, BMP, TIFF, GIF.",
                        title="Cannot read this file") from None
@@ -212,7 +224,7 @@ def read_upload(value) -> tuple[Image.Image, str, list[str], str | None]:
         notes.append("transparency kept: the alpha channel is copied to the PNG download")
     elif image.mode == "L":
         notes.append("grayscale image: the PNG download is grayscale too")
-    return image, name, notes, (path if displayable else None)
+    return image, model_input, name, notes, (path if displayable else None)
 
 
 def _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap, guidance_scale):
@@ -221,10 +233,10 @@ def _clamp_settings(fidelity, steps, seed, tile_size, tile_overlap, guidance_sca
         fidelity = min(1.0, max(0.0, float(DEFAULT_FIDELITY if fidelity is None else fidelity)))
         steps = int(min(MAX_STEPS, max(1, round(float(DEFAULT_STEPS if steps is None else steps)))))
         seed = int(float(seed)) % (2**32) if seed not in (None, "") else DEFAULT_SEED
-        tile_size = int(max(0, round(float(tile_size or 0))))
-        tile_size = AUTO_TILE_SIZE if tile_size == 0 else max(TILE_MULTIPLE, tile_size // TILE_MULTIPLE * TILE_MULTIPLE)
+        tile_size = int(max(0, round(float(tile_size or 0))))  # 0 = auto
+        tile_size = tile_size and max(TILE_MULTIPLE, tile_size // TILE_MULTIPLE * TILE_MULTIPLE)
         tile_overlap = int(max(0, round(float(tile_overlap or 0))))
-        tile_overlap = min(-(-tile_overlap // TILE_MULTIPLE) * TILE_MULTIPLE, tile_size - TILE_MULTIPLE)
+        tile_overlap = -(-tile_overlap // TILE_MULTIPLE) * TILE_MULTIPLE
         guidance_scale = min(10.0, max(1.0, float(1.0 if guidance_scale is None else guidance_scale)))
     except (TypeError, ValueError, OverflowError) as e:
         raise gr.Error(f"Invalid setting: {e}", title="Invalid settings") from None
@@ -273,7 +285,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
         fidelity, steps, seed, tile_size, tile_overlap, guidance_scale)
-    original, name, notes, display_path = read_upload(image)
+    original, model_input, name, notes, display_path = read_upload(image)
     alpha = original.getchannel("A") if original.mode == "RGBA" else None
     rgb = original.convert("RGB")
     w, h = rgb.size
@@ -284,8 +296,9 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
         get_pipeline()
     progress(0.05, desc="Estimating motion and deblurring")
     try:
-        restored, motion, prerecon, tiles, model_s = run_pipeline(rgb, prompt, fidelity, steps, seed, tile_size, tile_overlap,
-                                                         guidance_scale, progress)
+        restored, motion, prerecon, tiles, tile_size, model_s = run_pipeline(
+            rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
+            guidance_scale, progress)
     except gr.Error:
         raise
     except (MemoryError, torch.OutOfMemoryError):
@@ -298,7 +311,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
 
     progress(0.95, desc="Saving")
     if tiles > 1:
-        notes.append(f"processed in {tiles} tiles of {tile_size} px overlapping by {tile_overlap} px")
+        notes.append(f"processed in {tiles} overlapping tiles of at most {tile_size} px")
     restored = restored.convert("RGB")
     if restored.size != rgb.size:  # the pipeline crops its padding; be strict about it
         raise gr.Error(f"Internal error: output size {restored.size} differs from input size {rgb.size}")
@@ -365,8 +378,8 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
                 seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="Seed")
             with gr.Accordion("Advanced: tiling and text guidance", open=False):
                 tile_size = gr.Slider(0, 2048, value=0, step=TILE_MULTIPLE, label="Tile size (px, 0 = auto)",
-                                      info=f"Auto = {AUTO_TILE_SIZE}-px tiles. Bigger images are processed tile by "
-                                           "tile, so memory stays bounded; smaller tiles use less memory.")
+                                      info="Big images are processed tile by tile, so memory stays bounded; smaller "
+                                           "tiles use less memory. Auto = the model's default tile size.")
                 tile_overlap = gr.Slider(0, 256, value=64, step=TILE_MULTIPLE, label="Tile overlap (px)",
                                          info="Tiles are blended over this overlap (no seams).")
                 guidance_scale = gr.Slider(1.0, 5.0, value=1.0, step=0.5, label="Text guidance scale",
