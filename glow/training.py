@@ -195,6 +195,10 @@ class EpochIndexedDataset(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
+    # A Ctrl-C / SIGTERM to the process group must not kill the loader workers: the main process still needs them
+    # to finish its step before it checkpoints; it shuts them down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The datasets derive their randomness from the index; this only pins numpy/random for third-party code.
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
@@ -737,7 +741,7 @@ def push_folder_to_hub(folder: str | Path, args) -> str:
     except Exception as err:  # offline, bad token, ...: say so, the local folder is complete
         raise RuntimeError(
             f"Pushing to the Hub failed ({type(err).__name__}: {err}). The complete pipeline folder and model card "
-            f"are at {folder}; upload it later with `huggingface-cli upload {args.hub_model_id} {folder}`."
+            f"are at {folder}; upload it later with `hf upload {args.hub_model_id} {folder}`."
         ) from err
     return f"https://huggingface.co/{repo_id}"
 

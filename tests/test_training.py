@@ -228,3 +228,14 @@ def test_finetune_mixes_real_and_simulated_data_with_freezing(bpp_run, data, tmp
     assert any(not torch.equal(before[k], after[k]) for k in before)  # trained
     card = (tmp_path / "pipeline" / "README.md").read_text()
     assert "joint fine-tuning" in card and "paired/pairs" in card and "sim/sharp" in card
+
+
+def test_push_to_hub_offline_fails_clearly_after_the_folder_is_complete(data, tmp_path):
+    cmd = [sys.executable] + bpp_args(data, tmp_path, 1, ["--validation_steps", "0", "--push_to_hub",
+                                                          "--hub_model_id", "someone/glowdeblur-test"])
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)  # HF_HUB_OFFLINE=1
+    assert proc.returncode == 1
+    assert "Pushing to the Hub failed" in proc.stderr and str(tmp_path / "pipeline") in proc.stderr
+    for name in ("model_index.json", "README.md", "pipeline_glowdeblur.py",
+                 "transformer/diffusion_pytorch_model.safetensors"):
+        assert (tmp_path / "pipeline" / name).is_file(), name
