@@ -280,7 +280,23 @@ def save_png(image: Image.Image, name: str) -> str:
 # The event handler (also the /deblur API)
 # ---------------------------------------------------------------------------------------------------------------
 def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress=gr.Progress()):
-    """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report)."""
+    """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report).
+
+    Every failure reaches the page as a gr.Error with a readable message, never a stack trace (the log keeps it)."""
+    try:
+        return _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress)
+    except gr.Error:
+        raise
+    except (MemoryError, torch.OutOfMemoryError):
+        logger.exception("out of memory")
+        raise gr.Error("Ran out of memory on this image. Try a smaller tile size (Advanced) or a smaller image.",
+                       title="Out of memory") from None
+    except Exception as e:
+        logger.exception("deblurring failed")
+        raise gr.Error(f"Deblurring failed: {type(e).__name__}: {str(e)[:300]}", title="Deblurring failed") from None
+
+
+def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress):
     started = time.perf_counter()
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
@@ -295,19 +311,9 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
         progress(0.02, desc="Loading the model (first request after start)")
         get_pipeline()
     progress(0.05, desc="Estimating motion and deblurring")
-    try:
-        restored, motion, prerecon, tiles, tile_size, model_s = run_pipeline(
-            rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
-            guidance_scale, progress)
-    except gr.Error:
-        raise
-    except (MemoryError, torch.OutOfMemoryError):
-        logger.exception("out of memory on a %dx%d image", w, h)
-        raise gr.Error("Ran out of memory on this image. Try a smaller tile size (Advanced) or a smaller image.",
-                       title="Out of memory") from None
-    except Exception as e:  # never a stack trace on the page; the log keeps it
-        logger.exception("deblurring failed on a %dx%d image", w, h)
-        raise gr.Error(f"Deblurring failed: {type(e).__name__}: {str(e)[:300]}", title="Deblurring failed") from None
+    restored, motion, prerecon, tiles, tile_size, model_s = run_pipeline(
+        rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
+        guidance_scale, progress)
 
     progress(0.95, desc="Saving")
     if tiles > 1:

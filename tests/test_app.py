@@ -247,6 +247,18 @@ def test_bad_upload_gives_readable_error_then_app_still_works(client, tmp_path, 
     _check_good(client, tmp_path)
 
 
+def test_invalid_settings_through_the_api(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / "photo.png"
+    _blurry(64, 48).save(path)
+    with pytest.raises(AppError, match="Invalid setting"):
+        _deblur(client, path, steps="many")
+    # out-of-range values are clamped to what the UI offers
+    _, _, _, png, report = _deblur(client, path, fidelity=7, steps=99, seed=-5, tile_size=100, tile_overlap=1000)
+    assert Image.open(png).size == (64, 48) and "4 step(s), fidelity 1.00" in report
+
+
 def test_sixteen_bit_pngs_are_deblurred(client, tmp_path):
     rng = np.random.default_rng(0)
     gray16 = tmp_path / "gray16.png"
