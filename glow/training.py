@@ -8,7 +8,6 @@ folder and the Hub push with its model card. The training loop itself is `run_tr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -1000,7 +999,7 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
             plan = {"repo_id": args.hub_model_id, "folder": str(folder), "files": files}
             (output_dir / "hub_dry_run.json").write_text(json.dumps(plan, indent=2))
             logger.info("--hub_dry_run: would upload %s (%d files, model card README.md) to %s", folder, len(files),
-                        args.hub_model_id)
+                        args.hub_model_id or "(no --hub_model_id given)")
         elif args.push_to_hub:
             try:
                 url = push_folder_to_hub(folder, args)
