@@ -417,7 +417,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         fidelity: float = 0.0,
         guidance_scale: float = 1.0,
         generator=None,
-        tile_size: int | None = 1024,
+        tile_size: int | None = 512,
         tile_overlap: int = 64,
         output_type: str = "pil",
         return_dict: bool = True,
