@@ -4,6 +4,7 @@ UI only: the model lives in `glow/` (GLOWDeblurPipeline), image reading in `glow
 `glow.visualize`. Environment:
   GLOW_MODEL            Hub id or local pipeline folder (default: the folder shipped in the package)
   GLOW_MAX_MEGAPIXELS   hard cap on the upload size in megapixels (default 24); bigger images are processed in tiles
+  GLOW_MAX_UPLOAD_MB    largest upload file in MB (default 50)
   GRADIO_SERVER_PORT / GRADIO_SERVER_NAME   where to serve (Gradio's own variables)
 API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblur")` (see README, "Web app and API").
 """
@@ -43,7 +44,7 @@ MAX_MEGAPIXELS = float(os.environ.get("GLOW_MAX_MEGAPIXELS", 24))
 TILE_MULTIPLE = 64  # the pipeline's tile grid; tile size 0 = "auto" = the pipeline's own default tile size
 MIN_SIDE = 16  # px; smaller images carry no blur worth removing (and one 8-px motion patch would cover them)
 PREVIEW_LONG_SIDE = 2048  # on-page pictures are capped here; the PNG download is always full resolution
-MAX_UPLOAD = "50mb"
+MAX_UPLOAD = f"{float(os.environ.get('GLOW_MAX_UPLOAD_MB', 50)):g}mb"  # Gradio refuses bigger files at upload
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "glowdeblur_outputs"
 OUTPUT_MAX_AGE_S = 3600
 

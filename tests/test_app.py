@@ -64,6 +64,7 @@ def app_url(tmp_path_factory):
         **os.environ,
         "GLOW_MODEL": str(model_dir),
         "GLOW_MAX_MEGAPIXELS": str(MAX_MP),
+        "GLOW_MAX_UPLOAD_MB": "1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_ANALYTICS_ENABLED": "False",
@@ -257,6 +258,16 @@ def test_invalid_settings_through_the_api(client, tmp_path):
     # out-of-range values are clamped to what the UI offers
     _, _, _, png, report = _deblur(client, path, fidelity=7, steps=99, seed=-5, tile_size=100, tile_overlap=1000)
     assert Image.open(png).size == (64, 48) and "4 step(s), fidelity 1.00" in report
+
+
+def test_upload_over_the_file_size_limit_is_refused(client, tmp_path):
+    path = tmp_path / "noise.png"  # incompressible: ~1.2 MB > GLOW_MAX_UPLOAD_MB=1 on the test server
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 1000, 3), dtype=np.uint8)).save(path)
+    assert path.stat().st_size > 1.1 * 2**20
+    # launch(max_file_size=...) is published in the app config: gradio_client (like the page) refuses before sending
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):
+        _deblur(client, path)
+    _check_good(client, tmp_path)
 
 
 def test_sixteen_bit_pngs_are_deblurred(client, tmp_path):
