@@ -52,38 +52,49 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log: Path, timeout: fl
     raise RuntimeError(f"app did not serve within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
+class _AppServer:
+    """`python app.py` on a free port (the real app in its own process, as users and Spaces run it)."""
+
+    def __init__(self, log: Path, **settings):
+        port = _free_port()
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+               "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "False", **settings}
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}/"
+        try:
+            _wait_until_serving(self.url, self.proc, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def check_alive(self):
+        assert self.proc.poll() is None, f"the app died:\n{self.log.read_text(errors='replace')[-4000:]}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from glow.presets import build_pipeline
 
     model_dir = tmp_path_factory.mktemp("tiny_model")
     build_pipeline("tiny").save_pretrained(model_dir)
-    port = _free_port()
-    log = tmp_path_factory.mktemp("app_log") / "app.log"
-    env = {
-        **os.environ,
-        "GLOW_MODEL": str(model_dir),
-        "GLOW_MAX_MEGAPIXELS": str(MAX_MP),
-        "GLOW_MAX_UPLOAD_MB": "1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "GRADIO_SSR_MODE": "False",
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    server = _AppServer(tmp_path_factory.mktemp("app_log") / "app.log", GLOW_MODEL=str(model_dir),
+                        GLOW_MAX_MEGAPIXELS=str(MAX_MP), GLOW_MAX_UPLOAD_MB="1")
     try:
-        _wait_until_serving(url, proc, log)
-        yield url
-        assert proc.poll() is None, f"the app died:\n{log.read_text(errors='replace')[-4000:]}"
+        yield server.url
+        server.check_alive()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +332,24 @@ def test_rgba_keeps_alpha_and_gray_stays_gray(client, tmp_path):
     _blurry(80, 64).convert("L").save(path)
     _, _, _, png, report = _deblur(client, path)
     assert Image.open(png).mode == "L"
+
+
+def test_missing_model_gives_a_readable_error_and_the_app_stays_up(tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    server = _AppServer(tmp_path / "app.log", GLOW_MODEL=str(tmp_path / "no_such_model"))
+    try:
+        client = Client(server.url, verbose=False)
+        path = tmp_path / "photo.png"
+        _blurry(64, 48).save(path)
+        for _ in range(2):
+            with pytest.raises(AppError, match="could not be loaded") as err:
+                _deblur(client, path)
+            assert "Traceback" not in str(err.value)
+        server.check_alive()
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------
