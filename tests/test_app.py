@@ -315,6 +315,26 @@ def test_animated_gif_uses_the_first_frame(client, tmp_path):
     assert "animated GIF (2 frames): the first frame was deblurred" in report
 
 
+def test_exif_rotation_is_applied(client, tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    _blurry(80, 48).save(path, exif=exif, quality=95)
+    pair, _, _, png, report = _deblur(client, path)
+    assert Image.open(png).size == (48, 80) and Image.open(pair[0]).size == (48, 80)
+    assert "48x80" in report
+
+
+def test_spaces_gpu_is_a_no_op_off_spaces():
+    import spaces
+
+    def work():
+        return 1
+
+    assert "SPACES_ZERO_GPU" not in os.environ
+    assert spaces.GPU(duration=60)(work) is work  # so @spaces.GPU costs nothing on this machine or a CPU Space
+
+
 def test_rgba_keeps_alpha_and_gray_stays_gray(client, tmp_path):
     rgba = _blurry(80, 64).convert("RGBA")
     alpha = np.zeros((64, 80), np.uint8)
