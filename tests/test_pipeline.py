@@ -235,3 +235,23 @@ def test_latent_conventions_round_trip():
     lat = GLOWDeblurPipeline.residual_to_latents(residual, 10.0)
     assert lat.shape == (2, 192, 8, 16)
     assert torch.allclose(GLOWDeblurPipeline.latents_to_residual(lat, 10.0), residual, atol=1e-7)
+
+
+def test_palette_cmyk_la_modes(pipe):
+    rgb = (_smooth_image(32, 48).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    base = PIL.Image.fromarray(rgb)
+    for img, mode in [(base.convert("P"), "RGB"), (base.convert("CMYK"), "RGB"), (base.convert("LA"), "LA"),
+                      (base.convert("1"), "L")]:
+        out = pipe(img, generator=_gen()).images[0]
+        assert out.mode == mode and out.size == (48, 32), (img.mode, out.mode)
+    la = base.convert("LA")
+    assert np.array_equal(np.asarray(pipe(la, generator=_gen()).images[0])[..., 1], np.asarray(la)[..., 1])
+
+
+def test_prompt_embeds_equal_prompt(pipe):
+    img = _smooth_image(64, 64)
+    emb, mask = pipe.encode_prompt(["a red car"])
+    assert emb.shape[0] == 1 and emb.shape[2] == 384 and mask.shape == emb.shape[:2]
+    by_text = pipe(img, prompt="a red car", generator=_gen(), output_type="pt").images[0]
+    by_emb = pipe(img, prompt_embeds=emb, prompt_attention_mask=mask, generator=_gen(), output_type="pt").images[0]
+    assert torch.allclose(by_text, by_emb, atol=1e-6)
