@@ -3,13 +3,14 @@
 UI only: the model lives in `glow/` (GLOWDeblurPipeline), image reading in `glow.io`, the motion-field picture in
 `glow.visualize`. Environment:
   GLOW_MODEL            Hub id or local pipeline folder (default: the folder shipped in the package)
-  GLOW_MAX_MEGAPIXELS   hard cap on the upload size in megapixels (default 24); bigger images are processed in tiles
+  GLOW_MAX_MEGAPIXELS   largest image accepted, in megapixels (default 24); big images are processed in tiles
   GLOW_MAX_UPLOAD_MB    largest upload file in MB (default 50)
   GRADIO_SERVER_PORT / GRADIO_SERVER_NAME   where to serve (Gradio's own variables)
 API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblur")` (see README, "Web app and API").
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -17,14 +18,12 @@ import shutil
 import tempfile
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import inspect
-from concurrent.futures import Future, ThreadPoolExecutor
-
 import gradio as gr
-import spaces  # the @spaces.GPU decorator is a no-op off ZeroGPU Spaces
 import numpy as np
+import spaces  # the @spaces.GPU decorator is a no-op off ZeroGPU Spaces
 import torch
 from PIL import Image
 
