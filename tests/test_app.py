@@ -413,7 +413,8 @@ def test_browser_upload_deblur_download(app_url, tmp_path):
             page.goto(app_url, wait_until="networkidle")
             assert "GLOWDeblur" in page.title()
             # an example from the gallery
-            page.locator("#examples button.gallery-item", has=page.locator("img[src*='real_licenseplate_opencv']")).click()
+            plate = page.locator("img[src*='real_licenseplate_opencv']")
+            page.locator("#examples button.gallery-item", has=plate).click()
             page.wait_for_selector("#input-image img", timeout=30_000)
             page.click("#deblur-btn")
             page.wait_for_selector("#report :text('real_licenseplate_opencv.jpg')", timeout=120_000)
