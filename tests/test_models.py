@@ -143,3 +143,29 @@ def test_presets_budget():
     assert small.config.training_status.startswith("untrained")
     tiny = count_parameters(build_pipeline("tiny"))
     assert tiny["total"] < counts["total"]
+
+
+def test_kernel_basis_mixtures_beat_single_lines_on_curved_shake():
+    """The kernel representation is more than a line: a mixture over the basis fits a curved shake trajectory
+    better than the best single basis kernel (what a straight-line model could at most do)."""
+    me = MotionEstimator(**get_preset("small")["motion_estimator"])
+    basis = me.kernel_basis.detach()
+    size = basis.shape[-1]
+    # an arc-shaped camera-shake kernel
+    curved = torch.zeros(size, size)
+    c = size // 2
+    for t in torch.linspace(-1, 1, 200):
+        y, x = c + 8 * float(t) ** 2 - 4, c + 12 * float(t)
+        curved[int(round(y)), int(round(x))] += 1
+    curved /= curved.sum()
+    target = curved[None, None, None]
+    single = min(float(me.kernel_loss(b[None, None, None], target)) for b in basis)
+    logits = torch.zeros(basis.shape[0], requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(300):
+        mix = torch.einsum("n,nij->ij", torch.softmax(logits, 0), basis)
+        loss = me.kernel_loss(mix[None, None, None], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < single - 0.1, (float(loss.detach()), single)

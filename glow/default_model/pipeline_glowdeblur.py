@@ -682,5 +682,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 components[name] = klass.from_pretrained(os.path.join(path, name))
             else:
                 extra[name] = value
-        extra.update({k: v for k, v in kwargs.items() if k in init_params})
-        return cls(**components, **extra)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        unknown = set(kwargs) - init_params
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments for {cls.__name__}.from_pretrained: {sorted(unknown)}")
+        extra.update(kwargs)
+        pipe = cls(**components, **extra)
+        return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe

@@ -34,12 +34,13 @@ class MotionEstimatorOutput(BaseOutput):
     kernels: torch.Tensor
 
 
-def _line_kernel(size, length, angle, supersample=8):
-    """Anti-aliased uniform line PSF (length in px, angle from +x towards +y), centred, sums to 1."""
+def _line_kernel(size, length, angle, supersample=8, offset=0.5):
+    """Anti-aliased uniform line PSF (length in px, angle from +x towards +y), sums to 1. ``offset`` = 0.5 centres
+    it; 0 makes a ray starting at the centre (asymmetric shapes: mixtures of rays form curved trajectories)."""
     c = size // 2
     k = np.zeros((size, size), np.float64)
     n = max(int(length * supersample), 1)
-    ts = (np.arange(n) + 0.5) / n - 0.5
+    ts = (np.arange(n) + 0.5) / n - offset
     for t in ts:
         x, y = c + t * length * math.cos(angle), c + t * length * math.sin(angle)
         x0, y0 = int(math.floor(x)), int(math.floor(y))
@@ -62,18 +63,27 @@ def _disk_kernel(size, radius):
 
 
 def initial_kernel_basis(num_basis, kernel_size):
-    """Delta, then disks, then lines over angles x lengths, truncated/cycled to ``num_basis`` kernels."""
+    """Delta, disks (defocus), centred lines (linear motion) and rays from the centre (mixtures of rays make curved,
+    asymmetric shake trajectories), truncated to ``num_basis`` kernels. Learned further in training."""
     kernels = [np.eye(1, kernel_size * kernel_size, (kernel_size * kernel_size) // 2).reshape(kernel_size, kernel_size)]
     max_len = kernel_size - 2
     num_disks = max(1, num_basis // 12)
     for r in np.geomspace(1.5, max(2.0, max_len / 4), num_disks):
         kernels.append(_disk_kernel(kernel_size, r))
-    num_lines = max(num_basis - len(kernels), 0)
+    rest = max(num_basis - len(kernels), 0)
+    num_lines = rest - rest // 2
     num_angles = 8 if num_lines >= 16 else 4
     num_lengths = max(1, math.ceil(num_lines / num_angles))
-    for length in np.geomspace(3, max_len, num_lengths):
+    for length in np.geomspace(5, max_len, num_lengths):
         for a in range(num_angles):
             kernels.append(_line_kernel(kernel_size, length, math.pi * a / num_angles))
+    num_rays = num_basis - len(kernels)
+    if num_rays > 0:
+        ray_angles = 8 if num_rays >= 8 else max(num_rays, 1)
+        ray_lengths = np.geomspace(4, max_len / 2, max(1, math.ceil(num_rays / ray_angles)))
+        for length in ray_lengths:
+            for a in range(ray_angles):
+                kernels.append(_line_kernel(kernel_size, length, 2 * math.pi * a / ray_angles, offset=0.0))
     kernels = kernels[:num_basis]
     return torch.tensor(np.stack(kernels), dtype=torch.float32)
 
@@ -178,12 +188,14 @@ class MotionEstimator(ModelMixin, ConfigMixin):
         return (err * valid).sum() / (3 * valid.sum()).clamp_min(1.0)
 
     @staticmethod
-    def kernel_loss(pred_kernels, true_kernels, valid=None):
-        """Masked L1 distance between kernels (a PSF distance in [0, 2] per kernel).
+    def kernel_loss(pred_kernels, true_kernels, valid=None, scales=(1, 2, 4, 8)):
+        """Masked multi-scale L1 distance between kernels (per kernel in [0, 2]).
 
         ``pred_kernels [B, h, w, K, K]`` (K = ``kernel_size``), ``true_kernels [B, h, w, T, T]`` (T = 75 from the
         simulator), ``valid [B, h, w]``. The smaller of the two is zero-padded to the larger, centred (both are
-        centred on their centroid), so truth mass outside the predicted support counts as error.
+        centred on their centroid), so truth mass outside the predicted support counts as error. The L1 is averaged
+        over sum-pooled versions (``scales``): at full resolution two thin trajectories a pixel apart share no mass
+        (L1 ~ 2, no useful signal); at coarser scales the distance falls smoothly as the shapes approach.
         Returns the mean over valid kernels (0 when nothing is valid).
         """
         kp, kt = pred_kernels.shape[-1], true_kernels.shape[-1]
@@ -193,7 +205,14 @@ class MotionEstimator(ModelMixin, ConfigMixin):
         elif kt < kp:
             p = (kp - kt) // 2
             true_kernels = F.pad(true_kernels, (p, p, p, p))
-        err = (pred_kernels - true_kernels.to(pred_kernels.dtype)).abs().sum(dim=(-1, -2))
+        diff = (pred_kernels - true_kernels.to(pred_kernels.dtype)).flatten(0, -3)[:, None]  # [N, 1, S, S]
+        err = 0
+        for s in scales:
+            pad = (-diff.shape[-1]) % s
+            d = F.pad(diff, (0, pad, 0, pad)) if pad else diff
+            d = F.avg_pool2d(d, s) * (s * s) if s > 1 else d  # sum pooling keeps the mass
+            err = err + d.abs().sum(dim=(-1, -2, -3))
+        err = (err / len(scales)).view(pred_kernels.shape[:-2])
         if valid is None:
             return err.mean()
         valid = valid.to(err.dtype)
