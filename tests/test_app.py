@@ -186,6 +186,18 @@ def test_same_seed_same_result(client, tmp_path):
     np.testing.assert_array_equal(first, second)
 
 
+def test_concurrent_requests_are_queued_and_all_answered(client, tmp_path):
+    from gradio_client import handle_file
+
+    jobs = []
+    for i, size in enumerate([(96, 64), (64, 96), (80, 80)]):
+        path = tmp_path / f"photo{i}.png"
+        _blurry(*size, seed=i).save(path)
+        jobs.append((size, client.submit(image=handle_file(str(path)), api_name="/deblur")))
+    for size, job in jobs:  # one at a time on the server (concurrency 1), none dropped
+        assert Image.open(job.result(timeout=120)[3]).size == size
+
+
 def test_tiling(client, tmp_path):
     src = tmp_path / "small.png"
     _blurry(256, 160).save(src)
