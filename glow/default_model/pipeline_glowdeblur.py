@@ -387,7 +387,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         # evenly spaced sigmas 1 -> 0 (the scheduler's default spacing would put a 2nd step at sigma=0.001)
         sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
         self.scheduler.set_timesteps(sigmas=sigmas, device=x.device)
-        for i, t in enumerate(self.scheduler.timesteps):
+        for t in self.scheduler.timesteps:
             hidden = self.transformer_input(latents, pre.features, est.motion)
             if use_cfg:
                 hidden = torch.cat([hidden, hidden])
@@ -403,9 +403,61 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 v = v_uncond + guidance_scale * (v_text - v_uncond)
             latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
             if step_callback is not None:
-                latents = step_callback(i, t, latents, pre.image)
+                latents = step_callback(t, latents, pre.image)
         residual = self.latents_to_residual(latents, self.config.residual_scale)
         return pre.image, residual, est.motion
+
+    def _text_condition(self, prompt, given, use_cfg, device, dtype):
+        """(embeddings, mask, use_cfg) for one image; with CFG the empty-prompt embedding is stacked first."""
+        if given is not None:
+            emb, mask = given
+            emb = emb.to(device=device, dtype=dtype)
+            mask = mask.to(device) if mask is not None else None
+        else:
+            emb, mask = self.encode_prompt([prompt], device)
+            emb = emb.to(dtype)
+        if use_cfg:
+            u_emb, u_mask = self.encode_prompt([""], device)
+            mask = mask if mask is not None else torch.ones(emb.shape[:2], dtype=torch.long, device=device)
+            length = max(emb.shape[1], u_emb.shape[1])
+            pad = lambda e, m: (F.pad(e, (0, 0, 0, length - e.shape[1])), F.pad(m, (0, length - m.shape[1])))  # noqa: E731
+            (u_emb, u_mask), (emb, mask) = pad(u_emb.to(dtype), u_mask), pad(emb, mask)
+            emb, mask = torch.cat([u_emb, emb]), torch.cat([u_mask, mask])
+        return emb, mask, use_cfg
+
+    def _deblur_tiled(self, x, noise, text, layout, fidelity, num_inference_steps, guidance_scale, step_cb, on_tile):
+        """Padded image ``[1,3,Hp,Wp]`` -> blended (prerecon, residual or None, motion) over the tile ``layout``."""
+        (th, ys), (tw, xs) = layout
+        hp, wp = x.shape[-2:]
+        device, dtype = x.device, x.dtype
+        wy, wx = _tile_weights(ys, th, hp, device), _tile_weights(xs, tw, wp, device)
+        wy_sum, wx_sum = torch.zeros(hp, device=device), torch.zeros(wp, device=device)
+        for y0, wgt in zip(ys, wy):
+            wy_sum[y0 : y0 + th] += wgt
+        for x0, wgt in zip(xs, wx):
+            wx_sum[x0 : x0 + tw] += wgt
+        pre_acc = torch.zeros((1, 3, hp, wp), device=device, dtype=dtype)
+        res_acc = torch.zeros_like(pre_acc) if fidelity < 1.0 else None
+        mot_acc = torch.zeros((1, 3, hp // 8, wp // 8), device=device, dtype=dtype)
+        for iy, y0 in enumerate(ys):
+            for ix, x0 in enumerate(xs):
+                tile = x[..., y0 : y0 + th, x0 : x0 + tw]
+                tile_noise = None if noise is None else noise[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8]
+                pre_t, res_t, mot_t = self._process_tile(
+                    tile, tile_noise, text, fidelity, num_inference_steps, guidance_scale, step_cb
+                )
+                w2 = (wy[iy][:, None] * wx[ix][None, :])[None, None]
+                pre_acc[..., y0 : y0 + th, x0 : x0 + tw] += pre_t * w2
+                if res_acc is not None:
+                    res_acc[..., y0 : y0 + th, x0 : x0 + tw] += res_t * w2
+                mot_acc[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8] += mot_t * F.avg_pool2d(w2, 8)
+                on_tile((y0, x0, y0 + th, x0 + tw))
+        norm = (wy_sum[:, None] * wx_sum[None, :])[None, None]
+        pre_acc /= norm
+        if res_acc is not None:
+            res_acc /= norm
+        mot_acc /= F.avg_pool2d(norm, 8)
+        return pre_acc, res_acc, mot_acc
 
     # ---------------------------------------------------------------- main
     @torch.no_grad()
@@ -461,6 +513,9 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         """
         # 1. check inputs
         self.check_inputs(num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap, output_type)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
         items = prepare_images(image)
         n = len(items)
         if isinstance(prompt, (list, tuple)) and len(prompt) != n:
@@ -496,35 +551,28 @@ class GLOWDeblurPipeline(DiffusionPipeline):
 
         images, motions, prerecons = [], [], []
         global_step, tile_counter = 0, 0
+        step_cb = None
+        if callback_on_step_end is not None:
+
+            def step_cb(t, latents, pre_img):
+                nonlocal global_step
+                local = {"latents": latents, "prereconstruction": pre_img}
+                kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                out = callback_on_step_end(self, global_step, t, kwargs) or {}
+                global_step += 1
+                return out.get("latents", latents)
+
         with self.progress_bar(total=total_tiles) as progress:
             for idx, (rgb, info) in enumerate(items):
-                # 3. encode text
-                if fidelity >= 1.0:
-                    text = None
-                else:
-                    if prompt_embeds is not None:
-                        emb = prompt_embeds[idx : idx + 1] if prompt_embeds.shape[0] == n else prompt_embeds[:1]
-                        emb = emb.to(device=device, dtype=dtype)
-                        mask = None
-                        if prompt_attention_mask is not None:
-                            pm = prompt_attention_mask
-                            mask = (pm[idx : idx + 1] if pm.shape[0] == n else pm[:1]).to(device)
-                    else:
-                        emb, mask = self.encode_prompt([prompts[idx]], device)
-                        emb = emb.to(dtype)
-                    if use_cfg:
-                        u_emb, u_mask = self.encode_prompt([""], device)
-                        length = max(emb.shape[1], u_emb.shape[1])
-                        mask = mask if mask is not None else torch.ones(emb.shape[:2], dtype=torch.long, device=device)
-
-                        def _padto(e, m):
-                            pad = length - e.shape[1]
-                            return F.pad(e, (0, 0, 0, pad)), F.pad(m, (0, pad))
-
-                        u_emb, u_mask = _padto(u_emb.to(dtype), u_mask)
-                        emb, mask = _padto(emb, mask)
-                        emb, mask = torch.cat([u_emb, emb]), torch.cat([u_mask, mask])
-                    text = (emb, mask, use_cfg)
+                # 3. encode text (skipped at fidelity 1: no transformer)
+                text = None
+                if fidelity < 1.0:
+                    given = None
+                    if prompt_embeds is not None:  # one row per image, or one row for all
+                        row = idx if prompt_embeds.shape[0] == n else 0
+                        mask = None if prompt_attention_mask is None else prompt_attention_mask[row : row + 1]
+                        given = (prompt_embeds[row : row + 1], mask)
+                    text = self._text_condition(prompts[idx], given, use_cfg, device, dtype)
 
                 # 4. pad to multiples of 64 (reflect) and draw the noise for the whole image once, so tiling does
                 # not change the random draw
@@ -539,57 +587,20 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                         generator=gen, device=gen.device if gen is not None else "cpu", dtype=torch.float32,
                     ).to(device=device, dtype=dtype)
 
-                # 5. denoise tile by tile, blending with raised-cosine ramps
-                (th, ys), (tw, xs) = tile_plan[idx]
-                wy, wx = _tile_weights(ys, th, hp, device), _tile_weights(xs, tw, wp, device)
-                wy_sum, wx_sum = torch.zeros(hp, device=device), torch.zeros(wp, device=device)
-                for y0, wgt in zip(ys, wy):
-                    wy_sum[y0 : y0 + th] += wgt
-                for x0, wgt in zip(xs, wx):
-                    wx_sum[x0 : x0 + tw] += wgt
-                pre_acc = torch.zeros((1, 3, hp, wp), device=device, dtype=dtype)
-                res_acc = torch.zeros_like(pre_acc) if fidelity < 1.0 else None
-                mot_acc = torch.zeros((1, 3, hp // 8, wp // 8), device=device, dtype=dtype)
-                for iy, y0 in enumerate(ys):
-                    for ix, x0 in enumerate(xs):
-                        tile = x[..., y0 : y0 + th, x0 : x0 + tw]
-                        tnoise = None
-                        if noise is not None:
-                            tnoise = noise[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8]
+                # 5. estimate, pre-reconstruct and denoise tile by tile, blending with raised-cosine ramps
+                def on_tile(box):
+                    nonlocal tile_counter
+                    if callback_on_tile_end is not None:
+                        callback_on_tile_end(self, tile_counter, total_tiles, {"image_index": idx, "box": box})
+                    tile_counter += 1
+                    progress.update()
 
-                        step_cb = None
-                        if callback_on_step_end is not None:
-
-                            def step_cb(i, t, latents, pre_img):
-                                nonlocal global_step
-                                local = {"latents": latents, "prereconstruction": pre_img}
-                                kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                                out = callback_on_step_end(self, global_step, t, kwargs) or {}
-                                global_step += 1
-                                return out.get("latents", latents)
-
-                        pre_t, res_t, mot_t = self._process_tile(
-                            tile, tnoise, text, fidelity, num_inference_steps, guidance_scale, step_cb
-                        )
-                        w2 = (wy[iy][:, None] * wx[ix][None, :])[None, None]
-                        pre_acc[..., y0 : y0 + th, x0 : x0 + tw] += pre_t * w2
-                        if res_acc is not None:
-                            res_acc[..., y0 : y0 + th, x0 : x0 + tw] += res_t * w2
-                        w8 = F.avg_pool2d(w2, 8)
-                        mot_acc[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8] += mot_t * w8
-                        if callback_on_tile_end is not None:
-                            callback_on_tile_end(
-                                self, tile_counter, total_tiles,
-                                {"image_index": idx, "box": (y0, x0, y0 + th, x0 + tw)},
-                            )
-                        tile_counter += 1
-                        progress.update()
-                norm = (wy_sum[:, None] * wx_sum[None, :])[None, None]
-                pre_img = (pre_acc / norm)[..., :h, :w]
-                del pre_acc
-                out_img = pre_img if res_acc is None else pre_img + (1.0 - fidelity) * (res_acc / norm)[..., :h, :w]
-                del res_acc
-                motion = (mot_acc / F.avg_pool2d(norm, 8))[..., : -(-h // 8), : -(-w // 8)]
+                pre_img, residual, motion = self._deblur_tiled(
+                    x, noise, text, tile_plan[idx], fidelity, num_inference_steps, guidance_scale, step_cb, on_tile
+                )
+                pre_img, motion = pre_img[..., :h, :w], motion[..., : -(-h // 8), : -(-w // 8)]
+                out_img = pre_img if residual is None else pre_img + (1.0 - fidelity) * residual[..., :h, :w]
+                del residual
 
                 # 6. output in the input's layout
                 images.append(_finish_image(out_img[0].float().cpu(), info, output_type))
