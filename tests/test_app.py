@@ -3,8 +3,9 @@ gradio_client (the documented /deblur API, the README snippet) and, with the `br
 
 Decisions checked here (also in the README, "Web app and API"):
 - not an image, empty, truncated, too small (< 16 px), too large (> GLOW_MAX_MEGAPIXELS), no upload -> readable error;
-- 16-bit PNG (gray and colour), CMYK JPEG, animated GIF (first frame), RGBA (alpha kept in the PNG download),
-  grayscale (grayscale download) -> deblurred;
+- 16-bit PNG (gray and colour, deblurred at full precision), CMYK JPEG, animated GIF (first frame), EXIF rotation,
+  RGBA (alpha kept in the PNG download), grayscale (grayscale download) -> deblurred;
+- a missing model, invalid settings, an upload over the size limit -> readable error, and the app stays up;
 - after every error the next request still works.
 """
 from __future__ import annotations
