@@ -84,10 +84,24 @@ def components(args):
     hidden = pipe.transformer_input(torch.randn(1, 192, tile // 8, tile // 8), pre.features, est.motion)
     timed("transformer (one step)", lambda: pipe.transformer(hidden, encoder_hidden_states=emb,
                                                              encoder_attention_mask=mask, timestep=torch.tensor([1000.0])))
+    # multiply-accumulates per pixel (convolutions and matmuls; FFTs and elementwise ops are not counted)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    macs = {}
+    for name, fn in [
+        ("motion_estimator", lambda: pipe.motion_estimator(x)),
+        ("prereconstruction (wiener + U-Net)", lambda: pipe.prereconstruction(x, kernels=est.kernels, motion=est.motion)),
+        ("transformer (one step)", lambda: pipe.transformer(hidden, encoder_hidden_states=emb, encoder_attention_mask=mask,
+                                                            timestep=torch.tensor([1000.0]))),
+    ]:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        macs[name] = counter.get_total_flops() / 2 / (tile * tile)
     mp = tile * tile / 1e6
     print(f"per component on one {tile}x{tile} tile ({args.threads} threads):")
     for name, (s, c) in rows.items():
-        print(f"  {name:58s} {s * 1000:8.1f} ms = {s / mp:5.2f} s/MP wall, {c / mp:5.2f} CPU-s/MP")
+        mac = f", {macs[name] / 1000:5.1f} kMAC/px" if name in macs else ""
+        print(f"  {name:58s} {s * 1000:8.1f} ms = {s / mp:5.2f} s/MP wall, {c / mp:5.2f} CPU-s/MP{mac}")
     params = {n: sum(p.numel() for p in getattr(pipe, n).parameters()) for n in ("motion_estimator", "prereconstruction", "transformer")}
     print(f"parameters (without text encoder): {params}, total {sum(params.values()) / 1e6:.2f} M")
 
