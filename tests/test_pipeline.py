@@ -255,3 +255,15 @@ def test_prompt_embeds_equal_prompt(pipe):
     by_text = pipe(img, prompt="a red car", generator=_gen(), output_type="pt").images[0]
     by_emb = pipe(img, prompt_embeds=emb, prompt_attention_mask=mask, generator=_gen(), output_type="pt").images[0]
     assert torch.allclose(by_text, by_emb, atol=1e-6)
+
+
+def test_without_wiener_for_the_ablation():
+    from glow.presets import get_preset
+
+    cfg = get_preset("tiny")
+    cfg["prereconstruction"]["use_wiener"] = False
+    p = build_pipeline(cfg, seed=0)
+    p.set_progress_bar_config(disable=True)
+    assert not hasattr(p.prereconstruction, "wiener_band_log_scale")
+    out = p(_smooth_image(50, 70), generator=_gen(), output_type="pt")
+    assert out.images[0].shape == (3, 50, 70) and out.prereconstructions[0].shape == (3, 50, 70)
