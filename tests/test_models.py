@@ -11,13 +11,7 @@ from glow.models.prereconstruction import PreReconstructionUNet, estimate_noise_
 from glow.presets import build_pipeline, count_parameters, get_preset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread is as fast, and avoids OpenMP spin-wait slowdowns on a shared 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _psnr(a, b):

@@ -10,13 +10,7 @@ from glow.pipeline_glowdeblur import GLOWDeblurPipeline
 from glow.presets import build_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread is as fast, and avoids OpenMP spin-wait slowdowns on a shared 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from glow.pipeline_glowdeblur import GLOWDeblurPipeline
 from glow.presets import build_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image():
