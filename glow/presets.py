@@ -80,6 +80,16 @@ def get_preset(name):
     return copy.deepcopy(PRESETS[name])
 
 
+def apply_overrides(cfg, overrides):
+    """``cfg`` with ``overrides`` (``{"component": {"key": value}}``, e.g. from a JSON flag) merged in, checked."""
+    cfg = copy.deepcopy(cfg)
+    for component, values in (overrides or {}).items():
+        if component not in cfg or not isinstance(values, dict):
+            raise ValueError(f"override {component!r}: expected one of {sorted(cfg)} mapping to a dict of settings")
+        cfg[component].update(values)
+    return cfg
+
+
 def build_components(preset="small", seed=0):
     """Randomly initialised components (dict of name -> module/scheduler) for ``preset`` (a name or a dict)."""
     import torch

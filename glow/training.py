@@ -44,6 +44,10 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
     a = p.add_argument
     # model
     a("--preset", choices=["tiny", "small", "large"], default="small", help="Model size preset (glow.presets).")
+    if not finetune:
+        a("--model_config", type=json.loads, default=None,
+          help='JSON overrides of the preset\'s component configs, e.g. \'{"prereconstruction": {"use_wiener": false}}\' '
+               "(ablations, size sweeps).")
     if finetune:
         import glow
 

@@ -239,3 +239,16 @@ def test_push_to_hub_offline_fails_clearly_after_the_folder_is_complete(data, tm
     for name in ("model_index.json", "README.md", "pipeline_glowdeblur.py",
                  "transformer/diffusion_pytorch_model.safetensors"):
         assert (tmp_path / "pipeline" / name).is_file(), name
+
+
+def test_model_config_overrides_reach_the_saved_pipeline(data, tmp_path):
+    # the Wiener ablation: --model_config switches the physics branch off in the trained and exported model
+    out = tmp_path / "no_wiener"
+    run(bpp_args(data, out, 1, ["--model_config", '{"prereconstruction": {"use_wiener": false}}',
+                                "--validation_steps", "0"]))
+    cfg = json.loads((out / "pipeline" / "prereconstruction" / "config.json").read_text())
+    assert cfg["use_wiener"] is False
+    assert json.loads((out / "pipeline" / "model_index.json").read_text())["preset"] == "tiny"
+    bad = subprocess.run([sys.executable, *bpp_args(data, tmp_path / "bad", 1, ["--model_config", '{"unet": {}}'])],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert bad.returncode != 0 and "override 'unet'" in bad.stderr

@@ -27,15 +27,17 @@ def main(argv=None) -> int:
         parser.error("give at least one --train_data_dir (a folder of sharp images)")
 
     from glow.data import SharpFolderDataset, collate
-    from glow.presets import build_pipeline
+    from glow.presets import apply_overrides, build_pipeline, get_preset
 
     sharp = SharpFolderDataset(args.train_data_dir, resolution=args.resolution, seed=args.seed)
     dataset, summary = training.build_mixed_dataset(
         args, {"sim": {"sim/" + "+".join(Path(d).name for d in args.train_data_dir): sharp},
                "frames": training.frame_sources(args)},
         {"sim": 1.0 - args.frames_ratio, "frames": args.frames_ratio})
+    model_config = apply_overrides(get_preset(args.preset), args.model_config)
+    model_config["pipeline"]["preset"] = args.preset  # overrides show in the component configs
     return training.run_training(
-        args, stage="BPP", build_pipeline=lambda: build_pipeline(args.preset, seed=args.seed),
+        args, stage="BPP", build_pipeline=lambda: build_pipeline(model_config, seed=args.seed),
         train_dataset=dataset, collate_fn=collate, data_summary=summary)
 
 
