@@ -96,8 +96,11 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
     a("--kernel_loss_weight", type=float, default=0.1)
     a("--diffusion_loss_weight", type=float, default=1.0)
     a("--text_drop_prob", type=float, default=0.1, help="Probability of an empty prompt (classifier-free guidance).")
-    a("--weighting_scheme", default="logit_normal", choices=["logit_normal", "uniform", "mode"],
-      help="Flow-matching sigma sampling (diffusers.training_utils.compute_density_for_timestep_sampling).")
+    a("--weighting_scheme", default="few_step", choices=["few_step", "logit_normal", "uniform", "mode"],
+      help="Flow-matching sigma sampling. few_step: exactly the sigmas the pipeline visits with 1..--max_inference_steps "
+           "Euler steps (a step count, then one of its sigmas: sigma=1, the 1-step default, gets ~half the mass); "
+           "the others: diffusers.training_utils.compute_density_for_timestep_sampling.")
+    a("--max_inference_steps", type=int, default=4, help="few_step: the largest step count trained for.")
     a("--logit_mean", type=float, default=0.0)
     a("--logit_std", type=float, default=1.0)
     a("--mode_scale", type=float, default=1.29)
@@ -528,9 +531,16 @@ def step_generator(seed: int, step: int, process_index: int, micro_step: int) ->
 def sample_diffusion_inputs(args, x0_shape, gen: torch.Generator):
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
-    sigmas = compute_density_for_timestep_sampling(args.weighting_scheme, x0_shape[0], logit_mean=args.logit_mean,
-                                                   logit_std=args.logit_std, mode_scale=args.mode_scale,
-                                                   generator=gen)
+    if args.weighting_scheme == "few_step":
+        # The pipeline runs 1-4 steps on sigmas linspace(1, 0, n + 1)[:-1]; logit-normal sampling almost never draws
+        # sigma = 1, the point the default single step starts from, so train on the visited sigmas themselves.
+        n = torch.randint(1, args.max_inference_steps + 1, (x0_shape[0],), generator=gen)
+        k = (torch.rand(x0_shape[0], generator=gen) * n).floor()
+        sigmas = 1.0 - k / n
+    else:
+        sigmas = compute_density_for_timestep_sampling(args.weighting_scheme, x0_shape[0], logit_mean=args.logit_mean,
+                                                       logit_std=args.logit_std, mode_scale=args.mode_scale,
+                                                       generator=gen)
     noise = torch.randn(x0_shape, generator=gen)
     return noise, sigmas.clamp(1e-3, 1.0)
 

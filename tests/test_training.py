@@ -252,3 +252,17 @@ def test_model_config_overrides_reach_the_saved_pipeline(data, tmp_path):
     bad = subprocess.run([sys.executable, *bpp_args(data, tmp_path / "bad", 1, ["--model_config", '{"unet": {}}'])],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert bad.returncode != 0 and "override 'unet'" in bad.stderr
+
+
+def test_few_step_sigmas_are_the_pipelines_own():
+    # training draws exactly the sigmas GLOWDeblurPipeline visits with 1..4 steps, with sigma=1 (1 step) most often
+    import argparse
+
+    from glow.training import sample_diffusion_inputs
+
+    args = argparse.Namespace(weighting_scheme="few_step", max_inference_steps=4)
+    _, sigmas = sample_diffusion_inputs(args, (4000, 1, 1, 1), torch.Generator().manual_seed(0))
+    visited = {round(s, 4) for n in range(1, 5) for s in np.linspace(1.0, 0.0, n + 1)[:-1]}
+    values, counts = torch.unique(sigmas, return_counts=True)
+    assert {round(float(v), 4) for v in values} == visited
+    assert 0.45 < counts[values == 1.0].item() / 4000 < 0.6
