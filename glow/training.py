@@ -470,11 +470,13 @@ class LossConfig:
     diffusion_loss_weight: float = 1.0
     residual_scale: float = 1.0
     num_train_timesteps: int = 1000
+    prediction_type: str = "sample"
 
     @classmethod
-    def from_args(cls, args, residual_scale: float, num_train_timesteps: int) -> "LossConfig":
+    def from_args(cls, args, residual_scale: float, num_train_timesteps: int,
+                  prediction_type: str = "sample") -> "LossConfig":
         return cls(args.freq_loss_weight, args.motion_loss_weight, args.kernel_loss_weight,
-                   args.diffusion_loss_weight, residual_scale, num_train_timesteps)
+                   args.diffusion_loss_weight, residual_scale, num_train_timesteps, prediction_type)
 
 
 class GLOWTrainingModule(torch.nn.Module):
@@ -515,9 +517,10 @@ class GLOWTrainingModule(torch.nn.Module):
             s = sigmas.view(-1, 1, 1, 1).to(x0.dtype)
             x_t = (1.0 - s) * x0 + s * noise
             hidden = self.conventions.transformer_input(x_t, pre.features, est.motion.detach())
-            velocity = self.transformer(hidden, encoder_hidden_states=text_embeds, encoder_attention_mask=text_mask,
-                                        timestep=sigmas * cfg.num_train_timesteps, return_dict=False)[0]
-            losses["diffusion"] = F.mse_loss(velocity.float(), (noise - x0).float())
+            prediction = self.transformer(hidden, encoder_hidden_states=text_embeds, encoder_attention_mask=text_mask,
+                                          timestep=sigmas * cfg.num_train_timesteps, return_dict=False)[0]
+            target = x0 if cfg.prediction_type == "sample" else noise - x0  # see velocity_from_prediction
+            losses["diffusion"] = F.mse_loss(prediction.float(), target.float())
             total = total + cfg.diffusion_loss_weight * losses["diffusion"]
         losses["total"] = total
         return total, {k: v.detach() for k, v in losses.items()}
@@ -806,7 +809,8 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
     module = GLOWTrainingModule(
         pipeline.motion_estimator, pipeline.prereconstruction, pipeline.transformer,
         LossConfig.from_args(args, residual_scale=float(pipeline.config.residual_scale),
-                             num_train_timesteps=int(scheduler_config.num_train_timesteps)), type(pipeline))
+                             num_train_timesteps=int(scheduler_config.num_train_timesteps),
+                             prediction_type=pipeline.config.get("prediction_type", "flow")), type(pipeline))
     frozen = set_trainable(module, getattr(args, "freeze", ""))
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]

@@ -57,6 +57,19 @@ def test_seeded_determinism(pipe):
     assert (a - c).abs().mean() > 1e-4
 
 
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_x0_prediction_of_zero_residual_returns_the_prereconstruction(steps):
+    # prediction_type "sample": the transformer predicts the clean residual, so a zero output (how training starts)
+    # must land exactly on the pre-reconstruction after any number of Euler steps, whatever the noise
+    p = build_pipeline("tiny", seed=0)
+    assert p.config.prediction_type == "sample"
+    torch.nn.init.zeros_(p.transformer.proj_out.weight)
+    torch.nn.init.zeros_(p.transformer.proj_out.bias)
+    p.set_progress_bar_config(disable=True)
+    out = p(_smooth_image(64, 72), num_inference_steps=steps, generator=_gen(3), output_type="pt")
+    assert torch.allclose(out.images[0], out.prereconstructions[0], atol=1e-5)
+
+
 def test_fidelity_one_returns_prereconstruction_exactly(pipe):
     img = _smooth_image(96, 80)
     full = pipe(img, generator=_gen(), output_type="pt", fidelity=0.0)

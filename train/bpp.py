@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     if not args.train_data_dir:
         parser.error("give at least one --train_data_dir (a folder of sharp images)")
 
+    import torch
+
     from glow.data import SharpFolderDataset, collate
     from glow.presets import apply_overrides, build_pipeline, get_preset
 
@@ -36,8 +38,17 @@ def main(argv=None) -> int:
         {"sim": 1.0 - args.frames_ratio, "frames": args.frames_ratio})
     model_config = apply_overrides(get_preset(args.preset), args.model_config)
     model_config["pipeline"]["preset"] = args.preset  # overrides show in the component configs
+
+    def build():
+        pipeline = build_pipeline(model_config, seed=args.seed)
+        # the residual starts at zero (x0 prediction), so from step 0 the pipeline returns the pre-reconstruction
+        # and the diffusion only adds what it has learnt
+        torch.nn.init.zeros_(pipeline.transformer.proj_out.weight)
+        torch.nn.init.zeros_(pipeline.transformer.proj_out.bias)
+        return pipeline
+
     return training.run_training(
-        args, stage="BPP", build_pipeline=lambda: build_pipeline(model_config, seed=args.seed),
+        args, stage="BPP", build_pipeline=build,
         train_dataset=dataset, collate_fn=collate, data_summary=summary)
 
 

@@ -268,6 +268,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         max_text_tokens: int = 64,
         training_status: str = "untrained (random initialisation)",
         preset: str = "custom",
+        prediction_type: str = "sample",
     ):
         super().__init__()
         self.register_modules(
@@ -284,7 +285,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             max_text_tokens=max_text_tokens,
             training_status=training_status,
             preset=preset,
+            prediction_type=prediction_type,
         )
+        if prediction_type not in ("sample", "flow"):
+            raise ValueError(f"prediction_type must be 'sample' (x0) or 'flow' (velocity), got {prediction_type!r}")
         self._lazy_text = None  # (tokenizer, encoder) loaded on first use; not a registered component (not saved)
         self._prompt_cache = {}
         self._captioners = {}
@@ -303,6 +307,15 @@ class GLOWDeblurPipeline(DiffusionPipeline):
     def motion_condition(motion):
         """Motion field as the networks see it: length (px) on a log scale so long blurs do not dominate."""
         return torch.cat([motion[:, :2], torch.log1p(motion[:, 2:3].clamp_min(0))], dim=1)
+
+    @staticmethod
+    def velocity_from_prediction(prediction, latents, sigma, prediction_type):
+        """The flow velocity ``ε - x0`` the Euler scheduler needs. ``"sample"``: the transformer predicts the clean
+        residual x0 (a zero output = the pre-reconstruction, and one step at sigma = 1 is just that prediction, which
+        suits a few-step model on 192-channel pixel tokens); ``"flow"``: it predicts the velocity itself."""
+        if prediction_type == "flow":
+            return prediction
+        return (latents - prediction) / sigma
 
     @classmethod
     def transformer_input(cls, latents, features, motion):
@@ -401,6 +414,8 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             if use_cfg:
                 v_uncond, v_text = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_text - v_uncond)
+            sigma = float(t) / self.scheduler.config.num_train_timesteps
+            v = self.velocity_from_prediction(v, latents, sigma, self.config.prediction_type)
             latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
             if step_callback is not None:
                 latents = step_callback(t, latents, pre.image)
