@@ -686,6 +686,10 @@ def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, 
     ) or "| (no validation run) | |"
     data_lines = "\n".join(f"  - {line}" for line in data_summary) or "  - (none recorded)"
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
+    prerecon_config = Path(folder) / "prereconstruction" / "config.json"
+    use_wiener = not prerecon_config.is_file() or json.loads(prerecon_config.read_text()).get("use_wiener", True)
+    first_stage = ("U-Net with motion-guided Wiener\ndeconvolution" if use_wiener else
+                   "U-Net (this model has its Wiener\ndeconvolution branch switched off)")
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -693,8 +697,7 @@ def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, 
 # GLOWDeblur ({args.preset} preset, {stage})
 
 GLOWDeblur removes blur (camera shake, object motion, defocus) from real photos. A motion estimator predicts a
-patch-wise motion field and blur kernels, a NAFNet-style pre-reconstruction U-Net with motion-guided Wiener
-deconvolution produces a first estimate, and a small `SanaTransformer2DModel` refines the residual in 1-4
+patch-wise motion field and blur kernels, a NAFNet-style pre-reconstruction {first_stage} produces a first estimate, and a small `SanaTransformer2DModel` refines the residual in 1-4
 flow-matching steps, guided by the motion field and a text prompt (MiniLM embeddings).
 
 ## Training

@@ -249,6 +249,7 @@ def test_model_config_overrides_reach_the_saved_pipeline(data, tmp_path):
     cfg = json.loads((out / "pipeline" / "prereconstruction" / "config.json").read_text())
     assert cfg["use_wiener"] is False
     assert json.loads((out / "pipeline" / "model_index.json").read_text())["preset"] == "tiny"
+    assert "Wiener\ndeconvolution branch switched off" in (out / "pipeline" / "README.md").read_text()  # the card
     bad = subprocess.run([sys.executable, *bpp_args(data, tmp_path / "bad", 1, ["--model_config", '{"unet": {}}'])],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert bad.returncode != 0 and "override 'unet'" in bad.stderr
