@@ -126,14 +126,18 @@ def prepare_images(image):
     return _prepare_one(image, "image")
 
 
+def _from_hwc_float(arr, sixteen, kind, what):
+    """float HxWxC array -> (rgb [3,H,W], _ImageInfo) for PIL and numpy inputs alike."""
+    chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    rgb, channels, alpha = _split_channels(chw, what)
+    return rgb, _ImageInfo(kind, channels, alpha, sixteen, chw.shape[1], chw.shape[2])
+
+
 def _prepare_one(image, what):
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"{what} is empty ({image.width}x{image.height})")
-        arr, sixteen = _pil_to_array(image)
-        chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-        rgb, channels, alpha = _split_channels(chw, what)
-        return [(rgb, _ImageInfo("pil", channels, alpha, sixteen, chw.shape[1], chw.shape[2]))]
+        return [_from_hwc_float(*_pil_to_array(image), "pil", what)]
     if isinstance(image, np.ndarray):
         if image.ndim == 4:
             return [r for i, im in enumerate(image) for r in _prepare_one(im, f"{what}[{i}]")]
@@ -141,10 +145,7 @@ def _prepare_one(image, what):
             image = image[..., None]
         if image.ndim != 3:
             raise ValueError(f"{what} must be a HxW or HxWxC array (or BxHxWxC), got shape {tuple(image.shape)}")
-        arr, sixteen = _array_to_float(image, what)
-        chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-        rgb, channels, alpha = _split_channels(chw, what)
-        return [(rgb, _ImageInfo("np", channels, alpha, sixteen, chw.shape[1], chw.shape[2]))]
+        return [_from_hwc_float(*_array_to_float(image, what), "np", what)]
     if isinstance(image, torch.Tensor):
         if image.ndim == 4:
             return [r for i, im in enumerate(image) for r in _prepare_one(im, f"{what}[{i}]")]
