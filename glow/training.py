@@ -773,6 +773,21 @@ def make_prompt_encoder(pipeline, device):
     return lambda prompts: pipeline.encode_prompt(list(prompts), device=device)
 
 
+def set_base_learning_rate(lr_scheduler, lr: float) -> None:
+    """Make `lr` the base learning rate of a (resumed) schedule, keeping its position (warm-up, decay).
+
+    `accelerator.load_state` restores the scheduler's own base_lrs, so without this a run resumed with a new
+    --learning_rate would silently keep the old one."""
+    sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's AcceleratedScheduler wraps it
+    if not hasattr(sched, "lr_lambdas") or all(abs(b - lr) <= 1e-12 * lr for b in sched.base_lrs):
+        return
+    logger.info("learning rate changed on resume: %s -> %s", sched.base_lrs, lr)
+    sched.base_lrs = [lr] * len(sched.base_lrs)
+    for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------------------------
@@ -854,6 +869,7 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
         accelerator.load_state(str(resume_dir))
         global_step = json.loads((resume_dir / TRAINER_STATE_NAME).read_text())["global_step"]
         logger.info("resumed from %s at step %d", resume_dir, global_step)
+        set_base_learning_rate(lr_scheduler, lr)
 
     log = JSONLLog(output_dir / "logs" / LOG_NAME, resume_step=global_step if resume_dir else None) \
         if accelerator.is_main_process else None
@@ -874,7 +890,8 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     last_metrics: dict = {}
     last_validated_step = -1
-    window = {"start": time.perf_counter(), "data": 0.0, "samples": 0, "losses": {}, "count": 0}
+    window = {"start": time.perf_counter(), "cpu": time.process_time(), "data": 0.0, "samples": 0, "losses": {},
+              "count": 0}
     last_saved_step = global_step if resume_dir else -1
     stop = False
 
@@ -980,13 +997,17 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                       "samples_per_s": window["samples"] / max(elapsed, 1e-9),
                       "steps_per_s": window["count"] / max(elapsed, 1e-9),
                       "data_wait_share": window["data"] / max(elapsed, 1e-9),
+                      # CPU seconds of this process (all threads, validation included) since the last line: the
+                      # training curves are plotted against CPU-hours, which wall time on a shared machine is not
+                      "cpu_seconds": time.process_time() - window["cpu"], "threads": torch.get_num_threads(),
                       "diffusion": use_diffusion, "time": time.time()}
             if accelerator.is_main_process:
                 log.write(record)
                 progress.set_postfix(loss=f"{losses['loss/total']:.4f}", sps=f"{record['samples_per_s']:.2f}")
             if report_to:
                 accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step)
-            window = {"start": time.perf_counter(), "data": 0.0, "samples": 0, "losses": {}, "count": 0}
+            window = {"start": time.perf_counter(), "cpu": time.process_time(), "data": 0.0, "samples": 0,
+                      "losses": {}, "count": 0}
 
         # a SIGTERM/SIGINT on any process stops every process after this same step
         if stopper.requested:

@@ -169,6 +169,22 @@ def test_resume_reproduces_uninterrupted_losses(bpp_run, data, tmp_path):
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
+def test_resume_with_a_new_learning_rate_uses_it(bpp_run, data, tmp_path):
+    """accelerate restores the scheduler's own base lr; a resumed run given another --learning_rate must use it."""
+    import shutil
+
+    shutil.copytree(bpp_run / "checkpoint-2", tmp_path / "checkpoint-2")
+    run(bpp_args(data, tmp_path, 4, ["--diffusion_start_step", "1", "--validation_steps", "0",
+                                     "--resume_from_checkpoint", "latest", "--learning_rate", "3e-4"]))
+    original = {r["step"]: r["lr"] for r in read_log(bpp_run) if "lr" in r}  # COMMON: --learning_rate 1e-3, cosine
+    resumed = [r for r in read_log(tmp_path) if "lr" in r]
+    assert [r["step"] for r in resumed] == [3, 4]
+    # same place in the schedule, scaled to the new base rate
+    assert resumed[0]["lr"] == pytest.approx(original[3] * 0.3) and original[3] > 0
+    # every log line carries the process CPU time it covers, for curves against CPU-hours
+    assert all(r["cpu_seconds"] > 0 and r["threads"] >= 1 for r in resumed)
+
+
 def test_sigterm_writes_a_complete_checkpoint_and_exits_cleanly(data, tmp_path):
     cmd = [sys.executable] + bpp_args(data, tmp_path, 1000, ["--checkpointing_steps", "1000", "--validation_steps", "0",
                                                              "--diffusion_start_step", "0"])
