@@ -48,6 +48,11 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
         a("--model_config", type=json.loads, default=None,
           help='JSON overrides of the preset\'s component configs, e.g. \'{"prereconstruction": {"use_wiener": false}}\' '
                "(ablations, size sweeps).")
+        a("--init_from", default=None,
+          help="Start from the weights of a checkpoint folder (its EMA weights) or a pipeline folder wherever names and "
+               "shapes match; the rest keeps its fresh initialisation. Grows a trained model: extra NAFBlocks start "
+               "as the identity (zero beta/gamma), so the grown model begins exactly where the small one was. "
+               "Ignored when resuming from a checkpoint of this run.")
     if finetune:
         import glow
 
@@ -771,6 +776,47 @@ def push_folder_to_hub(folder: str | Path, args) -> str:
 def make_prompt_encoder(pipeline, device):
     """prompts -> (embeddings [B,T,384], attention mask [B,T]) exactly as the pipeline encodes them at inference."""
     return lambda prompts: pipeline.encode_prompt(list(prompts), device=device)
+
+
+def load_matching_weights(pipeline, source: str | Path) -> dict:
+    """Copy into the pipeline's components every tensor of `source` whose name and shape match.
+
+    `source`: a training checkpoint folder (`ema_model.safetensors`, else `model.safetensors`; keys
+    `<component>.<name>`) or a pipeline folder (`<component>/diffusion_pytorch_model.safetensors`). Safetensors only.
+    Returns {"loaded": n, "new": [names kept at their initialisation], "skipped": [names in source not used]}.
+    """
+    from safetensors.torch import load_file
+
+    source = Path(source)
+    tensors = {}
+    for name in (EMA_WEIGHTS_NAME, "model.safetensors"):
+        if (source / name).is_file():
+            tensors = load_file(str(source / name))
+            break
+    else:
+        for component in COMPONENTS:
+            file = source / component / "diffusion_pytorch_model.safetensors"
+            if file.is_file():
+                tensors.update({f"{component}.{k}": v for k, v in load_file(str(file)).items()})
+    if not tensors:
+        raise ValueError(f"--init_from {source}: no safetensors weights found (expected a checkpoint folder with "
+                         f"{EMA_WEIGHTS_NAME} or a pipeline folder)")
+    loaded, new, used = 0, [], set()
+    for component in COMPONENTS:
+        state = getattr(pipeline, component).state_dict()
+        update = {}
+        for name, value in state.items():
+            key = f"{component}.{name}"
+            if key in tensors and tensors[key].shape == value.shape:
+                update[name] = tensors[key]
+                used.add(key)
+            else:
+                new.append(key)
+        getattr(pipeline, component).load_state_dict(update, strict=False)
+        loaded += len(update)
+    if not loaded:
+        raise ValueError(f"--init_from {source}: no tensor matches this model by name and shape")
+    return {"loaded": loaded, "new": new, "skipped": sorted(set(tensors) - used)}
 
 
 def set_base_learning_rate(lr_scheduler, lr: float) -> None:

@@ -185,6 +185,35 @@ def test_resume_with_a_new_learning_rate_uses_it(bpp_run, data, tmp_path):
     assert all(r["cpu_seconds"] > 0 and r["threads"] >= 1 for r in resumed)
 
 
+def test_init_from_grows_a_trained_model_without_changing_its_output(bpp_run, data, tmp_path):
+    """Deeper U-Net levels started from a smaller trained model: every matching tensor is copied and the extra
+    NAFBlocks start as the identity, so the grown pre-reconstruction equals the trained one before it trains on."""
+    from glow import training
+    from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+    from glow.presets import apply_overrides, build_pipeline, get_preset
+
+    trained = GLOWDeblurPipeline.from_pretrained(str(bpp_run / "pipeline"))
+    grown_cfg = apply_overrides(get_preset("tiny"), {"prereconstruction": {"enc_blocks": [1, 2, 2], "middle_blocks": 3}})
+    grown = build_pipeline(grown_cfg, seed=1)
+    report = training.load_matching_weights(grown, bpp_run / "checkpoint-4")  # its EMA weights = the pipeline's
+    assert report["loaded"] > 50 and report["skipped"] == []
+    assert any(".middle.2." in n for n in report["new"]) and not any(".middle.0." in n for n in report["new"])
+    img = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        est = trained.motion_estimator(img)
+        a = trained.prereconstruction(img, est.kernels, est.motion).image
+        b = grown.prereconstruction(img, est.kernels, est.motion).image
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, img, atol=1e-4)
+    with pytest.raises(ValueError, match="no safetensors"):
+        training.load_matching_weights(grown, tmp_path)
+    # and through the script: a grown run starts from those weights and trains
+    out = tmp_path / "grown"
+    proc = run(bpp_args(data, out, 2, ["--validation_steps", "0", "--init_from", str(bpp_run / "checkpoint-4"),
+                                       "--model_config", '{"prereconstruction": {"middle_blocks": 3}}']))
+    assert "--init_from" in proc.stderr and "tensors loaded" in proc.stderr
+    assert sorted(losses_by_step(out)) == [1, 2]
+
+
 def test_sigterm_writes_a_complete_checkpoint_and_exits_cleanly(data, tmp_path):
     cmd = [sys.executable] + bpp_args(data, tmp_path, 1000, ["--checkpointing_steps", "1000", "--validation_steps", "0",
                                                              "--diffusion_start_step", "0"])

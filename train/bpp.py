@@ -45,6 +45,11 @@ def main(argv=None) -> int:
         # and the diffusion only adds what it has learnt
         torch.nn.init.zeros_(pipeline.transformer.proj_out.weight)
         torch.nn.init.zeros_(pipeline.transformer.proj_out.bias)
+        if args.init_from:
+            report = training.load_matching_weights(pipeline, args.init_from)
+            training.logger.info("--init_from %s: %d tensors loaded, %d new (%s), %d unused", args.init_from,
+                                 report["loaded"], len(report["new"]), ", ".join(report["new"][:6]),
+                                 len(report["skipped"]))
         return pipeline
 
     return training.run_training(
