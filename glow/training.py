@@ -936,8 +936,11 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     last_metrics: dict = {}
     last_validated_step = -1
-    window = {"start": time.perf_counter(), "cpu": time.process_time(), "data": 0.0, "samples": 0, "losses": {},
-              "count": 0}
+    def new_window():  # what one log line covers
+        return {"start": time.perf_counter(), "cpu": time.process_time(), "data": 0.0, "samples": 0, "losses": {},
+                "count": 0}
+
+    window = new_window()
     last_saved_step = global_step if resume_dir else -1
     stop = False
 
@@ -1052,8 +1055,7 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                 progress.set_postfix(loss=f"{losses['loss/total']:.4f}", sps=f"{record['samples_per_s']:.2f}")
             if report_to:
                 accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step)
-            window = {"start": time.perf_counter(), "cpu": time.process_time(), "data": 0.0, "samples": 0,
-                      "losses": {}, "count": 0}
+            window = new_window()
 
         # a SIGTERM/SIGINT on any process stops every process after this same step
         if stopper.requested:

@@ -204,6 +204,11 @@ def test_init_from_grows_a_trained_model_without_changing_its_output(bpp_run, da
         a = trained.prereconstruction(img, est.kernels, est.motion).image
         b = grown.prereconstruction(img, est.kernels, est.motion).image
     assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, img, atol=1e-4)
+    # a pipeline folder is read the same way (per-component files)
+    from_folder = build_pipeline(grown_cfg, seed=2)
+    assert training.load_matching_weights(from_folder, bpp_run / "pipeline")["loaded"] == report["loaded"]
+    with torch.no_grad():
+        assert torch.allclose(from_folder.prereconstruction(img, est.kernels, est.motion).image, a, atol=1e-6)
     with pytest.raises(ValueError, match="no safetensors"):
         training.load_matching_weights(grown, tmp_path)
     # and through the script: a grown run starts from those weights and trains
