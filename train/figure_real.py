@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import glow  # noqa: E402
 from glow import metrics  # noqa: E402
+from glow.data.datasets import list_images  # noqa: E402
 from glow.io import load_image  # noqa: E402
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 LABEL_H = 18
 
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     pipe = GLOWDeblurPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    files = sorted(p for p in Path(args.input).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(args.input, recursive=False)
     if not files:
         parser.error(f"no images in {args.input}")
     rows = []
@@ -70,9 +70,9 @@ def main(argv=None) -> int:
         blurry = load_image(path).convert("RGB")
         y, x = busiest_window(np.asarray(blurry.convert("L")), args.crop)
         box = (x, y, x + min(args.crop, blurry.width), y + min(args.crop, blurry.height))
-        gen = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
-        prerecon = pipe(blurry, fidelity=1.0, generator=gen()).images[0]
-        full = pipe(blurry, generator=gen()).images[0]
+        # one call: the pipeline also returns its pre-reconstruction (= the fidelity-1 output)
+        out = pipe(blurry, generator=torch.Generator().manual_seed(args.seed))
+        prerecon, full = out.prereconstructions[0], out.images[0]
         tiles = []
         for name, image in (("blurry", blurry), ("pre-reconstruction", prerecon), ("GLOWDeblur", full)):
             crop = image.crop(box)
