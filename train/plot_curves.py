@@ -8,6 +8,8 @@ Each argument is a run folder (its `logs/train_log.jsonl` is read) or a log file
 that were all single-threaded, count their wall time (`steps / steps_per_s`). Validation PSNR is the training-time
 validation (engine-blurred crops of the validation folder, fixed seed, EMA weights): `prerecon` = the
 pre-reconstruction alone, `pipeline` = the pipeline at its defaults, both minus the blurry input's PSNR.
+A run started from another run's weights (`--init_from`, `--pretrained_model_name_or_path`) is drawn after it with
+`--after CHILD=PARENT` (folder names): its CPU-hours start where the parent's log ends.
 """
 import argparse
 import json
@@ -81,8 +83,17 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders or train_log.jsonl files")
     parser.add_argument("--out", default=None, help="PNG to write (needs matplotlib)")
     parser.add_argument("--at", default="0.1,0.2,0.3", help="CPU-hours at which the table compares the runs")
+    parser.add_argument("--after", action="append", default=[], metavar="CHILD=PARENT",
+                        help="CHILD continues from PARENT's weights: offset its CPU-hours by PARENT's total")
     args = parser.parse_args(argv)
     curves = [read_curve(Path(r)) for r in args.runs]
+    by_name = {c["name"]: c for c in curves}
+    for pair in args.after:  # parents first in the arguments, so a chain adds up
+        child, parent = (by_name[n] for n in pair.split("="))
+        for p in child["points"]:
+            p["cpu_h"] += parent["cpu_h"]
+        child["cpu_h"] += parent["cpu_h"]
+        child["name"] = f"{parent['name']} → {child['name']}"
     print(markdown(curves, [float(h) for h in args.at.split(",")]))
     if args.out:
         plot(curves, Path(args.out))
