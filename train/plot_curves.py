@@ -88,8 +88,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     curves = [read_curve(Path(r)) for r in args.runs]
     by_name = {c["name"]: c for c in curves}
-    for pair in args.after:  # parents first in the arguments, so a chain adds up
-        child, parent = (by_name[n] for n in pair.split("="))
+    for pair in args.after:  # applied in the order given: for a chain a -> b -> c, pass b=a before c=b
+        names = pair.split("=")
+        if len(names) != 2 or not all(n in by_name for n in names):
+            parser.error(f"--after {pair}: expected CHILD=PARENT with run names among {sorted(by_name)}")
+        child, parent = (by_name[n] for n in names)
         for p in child["points"]:
             p["cpu_h"] += parent["cpu_h"]
         child["cpu_h"] += parent["cpu_h"]
