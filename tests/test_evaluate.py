@@ -250,3 +250,26 @@ def test_hide_and_reds_layouts_are_read_through_the_training_adapter(tmp_path):
         sharp_dir = folder / ("GT" if layout == "hide" else "val_sharp/000")
         expected = np.asarray(Image.open(sharp_dir / Path(names[1]).name))
         assert np.array_equal(metrics.to_uint8(samples[1].sharp), expected)
+
+
+def test_eval_blur_size_measures_each_size_with_everything_else_fixed(tiny_pipeline_dir, tmp_path):
+    sharp = tmp_path / "sharp"
+    sharp.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth_image(40 + i, (80, 80))).save(sharp / f"s{i}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "train" / "eval_blur_size.py"), "--model", str(tiny_pipeline_dir),
+               "--sharp", str(sharp), "--crop", "64", "--lengths", "2,12", "--radii", "1,4", "--no_camera",
+               "--threads", "1", "--output_dir", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    rows = [(r["kind"], r["size"]) for r in report["results"]]
+    assert rows == [("linear_motion", 2.0), ("linear_motion", 12.0), ("defocus", 1.0), ("defocus", 4.0)]
+    psnr = {key: r["input_psnr"] for key, r in zip(rows, report["results"])}
+    # same seed along a curve, no camera noise: only the size changes, so a larger blur is a worse input
+    assert psnr[("linear_motion", 12.0)] < psnr[("linear_motion", 2.0)] - 1
+    assert psnr[("defocus", 4.0)] < psnr[("defocus", 1.0)] - 1
+    assert all(math.isfinite(r["gain"][str(tiny_pipeline_dir)]) for r in report["results"])
+    assert (out / "results.md").read_text().count("\n") == 2 + len(rows)
+    assert (out / "blur_size.png").stat().st_size > 1000

@@ -305,6 +305,22 @@ def test_model_config_overrides_reach_the_saved_pipeline(data, tmp_path):
     assert bad.returncode != 0 and "override 'unet'" in bad.stderr
 
 
+def test_simulator_config_narrows_the_simulated_blur_and_is_recorded(data, tmp_path):
+    # a linear-motion-only, noise-free simulator: recorded in args.json and the model card; bad overrides fail early
+    config = '{"kind_weights": {"linear_motion": 1.0}, "linear_length": [3, 8], "p_noise": 0, "p_jpeg": 0}'
+    out = tmp_path / "narrow"
+    run(bpp_args(data, out, 1, ["--simulator_config", config, "--validation_steps", "0"]))
+    assert json.loads((out / "args.json").read_text())["simulator_config"] == json.loads(config)
+    assert f"`{json.dumps(json.loads(config))}`" in (out / "pipeline" / "README.md").read_text()
+    for bad, message in [('{"p_nois": 0}', "unexpected keyword argument 'p_nois'"),
+                         ('{"kind_weights": {"shake": 1}}', "Unknown blur kinds ['shake']"),
+                         ("[1, 2]", "expected a JSON object")]:
+        proc = subprocess.run([sys.executable, *bpp_args(data, tmp_path / "bad", 1, ["--simulator_config", bad])],
+                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()  # rejected before anything is written
+
+
 def test_few_step_sigmas_are_the_pipelines_own():
     # training draws exactly the sigmas GLOWDeblurPipeline visits with 1..4 steps, with sigma=1 (1 step) most often
     import argparse
