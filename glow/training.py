@@ -709,7 +709,8 @@ def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, 
     ) or "| (no validation run) | |"
     if getattr(args, "simulator_config", None):
         # the simulated samples are not the default BPP mix: say which overrides, so the card reproduces the data
-        data_summary = [*data_summary, f"simulator overrides (`--simulator_config`): `{json.dumps(args.simulator_config)}`"]
+        overrides = json.dumps(args.simulator_config)
+        data_summary = [*data_summary, f"simulator overrides (`--simulator_config`): `{overrides}`"]
     data_lines = "\n".join(f"  - {line}" for line in data_summary) or "  - (none recorded)"
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
     prerecon_config = Path(folder) / "prereconstruction" / "config.json"

@@ -23,7 +23,7 @@ from glow import metrics
 
 
 def _load_evaluate():
-    """train/evaluate.py (its loaders and pipeline call), imported by path: a pip package named `evaluate` may exist."""
+    """train/evaluate.py (its loaders and pipeline call), imported by path (a pip package `evaluate` may exist)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("glow_train_evaluate", Path(__file__).resolve().parent / "evaluate.py")
