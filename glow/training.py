@@ -279,9 +279,24 @@ def build_mixed_dataset(args, groups: dict[str, dict[str, Dataset]], group_ratio
         share = group_ratios[group] / total
         for name, ds in srcs.items():
             sources[name], ratios[name] = ds, share / len(srcs)
-            summary.append(f"{name}: {len(ds)} items, sampling share {ratios[name]:.2f}")
+            line = f"{name}: {len(ds)} items, sampling share {ratios[name]:.2f}"
+            overrides = simulator_overrides(ds)
+            summary.append(line + (f", simulator overrides `{json.dumps(overrides)}`" if overrides else ""))
     length = sum(len(ds) for ds in sources.values())
     return MixedDataset(sources, ratios, length=length, seed=args.seed), summary
+
+
+def simulator_overrides(dataset) -> dict:
+    """The fields of the dataset's own simulator config that differ from the default BPP mix (read from the dataset,
+    not from the flags, so the model card says what the data really was)."""
+    from glow.data import SimulatorConfig
+
+    simulator = getattr(dataset, "simulator", None)
+    if simulator is None:
+        return {}
+    default = SimulatorConfig().to_dict()
+    # compared as JSON: a list from --simulator_config equals the default's tuple
+    return {k: v for k, v in simulator.config.to_dict().items() if json.dumps(v) != json.dumps(default[k])}
 
 
 def frame_sources(args, camera: bool = True) -> dict[str, Dataset]:
@@ -707,10 +722,6 @@ def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, 
     metric_rows = "\n".join(
         f"| {k.split('/', 1)[-1]} | {v:.4f} |" for k, v in sorted((metrics or {}).items()) if isinstance(v, float)
     ) or "| (no validation run) | |"
-    if getattr(args, "simulator_config", None):
-        # the simulated samples are not the default BPP mix: say which overrides, so the card reproduces the data
-        overrides = json.dumps(args.simulator_config)
-        data_summary = [*data_summary, f"simulator overrides (`--simulator_config`): `{overrides}`"]
     data_lines = "\n".join(f"  - {line}" for line in data_summary) or "  - (none recorded)"
     effective_batch = args.train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
     prerecon_config = Path(folder) / "prereconstruction" / "config.json"

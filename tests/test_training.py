@@ -311,7 +311,14 @@ def test_simulator_config_narrows_the_simulated_blur_and_is_recorded(data, tmp_p
     out = tmp_path / "narrow"
     run(bpp_args(data, out, 1, ["--simulator_config", config, "--validation_steps", "0"]))
     assert json.loads((out / "args.json").read_text())["simulator_config"] == json.loads(config)
-    assert f"`{json.dumps(json.loads(config))}`" in (out / "pipeline" / "README.md").read_text()
+    # the card's data lines are read from the datasets actually built: the simulated source carries the overrides
+    # (as the simulator stores them), the frame source keeps the default camera and says nothing
+    card = (out / "pipeline" / "README.md").read_text()
+    expected = {"kind_weights": {"linear_motion": 1.0}, "p_noise": 0, "p_jpeg": 0, "linear_length": [3, 8]}
+    sim_line = next(line for line in card.splitlines() if line.strip().startswith("- sim/"))
+    assert json.loads(sim_line.split("simulator overrides `")[1].rstrip("`")) == expected
+    frames_line = next(line for line in card.splitlines() if line.strip().startswith("- frames/"))
+    assert "simulator overrides" not in frames_line
     for bad, message in [('{"p_nois": 0}', "unexpected keyword argument 'p_nois'"),
                          ('{"kind_weights": {"shake": 1}}', "Unknown blur kinds ['shake']"),
                          ("[1, 2]", "expected a JSON object")]:

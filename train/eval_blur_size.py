@@ -68,16 +68,14 @@ def parse_args(argv=None):
 NO_CAMERA = {"p_highlights": 0.0, "p_low_light": 0.0, "p_noise": 0.0, "p_bayer": 0.0, "p_jpeg": 0.0}
 
 
-def blurred_pairs(files, kind: str, size: float, crop: int, seed: int, no_camera: bool = False):
+def blurred_pairs(sharps, kind: str, size: float, seed: int, no_camera: bool = False):
     from glow.data import BlurSimulator
-    from glow.io import image_to_tensor
 
-    # the "none" kind weight is 0 and p_combine 0: exactly one kernel of exactly this size
+    # only this kind (no "none"), no second kernel (p_combine 0): exactly one kernel of exactly this size
     config = {"kind_weights": {kind: 1.0}, "p_combine": 0.0, KINDS[kind]: (size, size)}
     if no_camera:
         config.update(NO_CAMERA)
-    for index, path in enumerate(files):
-        sharp = evaluate._center_crop(image_to_tensor(path)[:3], crop)
+    for index, sharp in enumerate(sharps):
         sample = BlurSimulator(config, seed=seed + index)(sharp)
         yield sample["blurry"].clamp(0, 1), sample["sharp"].clamp(0, 1)
 
@@ -86,14 +84,17 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from glow.io import image_to_tensor
+
     files = evaluate._image_files(args.sharp, "--sharp")[: args.max_images or None]
+    sharps = [evaluate._center_crop(image_to_tensor(path)[:3], args.crop) for path in files]  # read once, not per size
     pipes = {model: evaluate.load_pipeline(model) for model in args.model}
     curves = [("linear_motion", s) for s in args.lengths] + [("defocus", s) for s in args.radii]
     results = []
     with torch.inference_mode():
         for kind, size in curves:
             row = {"kind": kind, "size": size, "input": [], **{m: [] for m in pipes}}
-            for blurry, sharp in blurred_pairs(files, kind, size, args.crop, args.seed, args.no_camera):
+            for blurry, sharp in blurred_pairs(sharps, kind, size, args.seed, args.no_camera):
                 row["input"].append(metrics.psnr(blurry, sharp))
                 for model, pipe in pipes.items():
                     output = evaluate.run_pipeline(pipe, blurry, {}, True, args.seed)
