@@ -26,7 +26,8 @@ def _load_evaluate():
     """train/evaluate.py (its loaders and pipeline call), imported by path (a pip package `evaluate` may exist)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("glow_train_evaluate", Path(__file__).resolve().parent / "evaluate.py")
+    path = Path(__file__).resolve().parent / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("glow_train_evaluate", path)
     module = sys.modules.get(spec.name)
     if module is None:
         module = importlib.util.module_from_spec(spec)
