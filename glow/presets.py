@@ -44,6 +44,8 @@ PRESETS = {
         ),
         "transformer": _transformer(heads=2, head_dim=16, layers=1, feature_channels=16),
         "scheduler": _SCHEDULER,
+        # tests: small kernels, one hypothesis, a small region, few iterations
+        "blind_deconvolution": dict(max_kernel_size=31, kernel_sizes=(31,), region_size=128, iterations=3),
         "pipeline": dict(residual_scale=10.0),
     },
     "small": {
@@ -55,6 +57,7 @@ PRESETS = {
         ),
         "transformer": _transformer(heads=4, head_dim=32, layers=4, feature_channels=64),
         "scheduler": _SCHEDULER,
+        "blind_deconvolution": {},  # the defaults (measured: docs/deconvolution.md)
         "pipeline": dict(residual_scale=10.0),
     },
     "large": {
@@ -68,6 +71,7 @@ PRESETS = {
         ),
         "transformer": _transformer(heads=12, head_dim=48, layers=12, feature_channels=128),
         "scheduler": _SCHEDULER,
+        "blind_deconvolution": {},
         "pipeline": dict(residual_scale=10.0),
     },
 }
@@ -95,6 +99,7 @@ def build_components(preset="small", seed=0):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 
+    from .models.blind_deconvolution import BlindDeconvolution
     from .models.motion_estimator import MotionEstimator
     from .models.prereconstruction import PreReconstructionUNet
 
@@ -106,6 +111,8 @@ def build_components(preset="small", seed=0):
         "prereconstruction": PreReconstructionUNet(**cfg["prereconstruction"]),
         "transformer": SanaTransformer2DModel(**cfg["transformer"]),
         "scheduler": FlowMatchEulerDiscreteScheduler(**cfg["scheduler"]),
+        # no weights: optimisation settings only; absent from presets saved before it existed
+        "blind_deconvolution": BlindDeconvolution(**cfg["blind_deconvolution"]) if "blind_deconvolution" in cfg else None,
     }
 
 

@@ -96,11 +96,13 @@ def draw_motion_field(
     max_marks: int = 24,
     tint: float = 0.45,
     legend: bool = True,
+    kernel=None,
 ) -> Image.Image:
     """Draw ``motion`` ([3, ceil(H/8), ceil(W/8)], DESIGN.md encoding) over ``image``.
 
     ``source_size`` is the (W, H) the field was estimated at, when ``image`` is a resized preview of it: positions and
-    lengths are scaled to the preview. ``max_marks`` is the number of marks along the longer side.
+    lengths are scaled to the preview. ``max_marks`` is the number of marks along the longer side. ``kernel``
+    (``[K, K]``, the estimated PSF) is drawn small in the bottom-left corner, white on black.
     """
     m = _as_numpy(motion)
     image = image.convert("RGB")
@@ -148,7 +150,31 @@ def draw_motion_field(
             draw.line(segment, fill=(255, 255, 255), width=line_width)
     if legend:
         _draw_legend(canvas)
+    if kernel is not None:
+        _draw_kernel(canvas, kernel)
     return canvas
+
+
+def _draw_kernel(canvas: Image.Image, kernel) -> None:
+    """The estimated PSF as an inset: cropped to its support, square-root scaled so faint tails show, enlarged to
+    about a fifth of the shorter side, framed."""
+    if hasattr(kernel, "detach"):  # torch tensor, without importing torch here
+        kernel = kernel.detach().float().cpu().numpy()
+    k = np.nan_to_num(np.asarray(kernel, np.float32))
+    if k.ndim != 2 or k.max() <= 0:
+        return
+    ys, xs = np.nonzero(k > 0)
+    c = k.shape[0] // 2
+    r = max(2, int(max(np.abs(ys - c).max(), np.abs(xs - c).max())) + 1)
+    k = k[max(0, c - r) : c + r + 1, max(0, c - r) : c + r + 1]
+    picture = Image.fromarray((np.sqrt(k / k.max()) * 255 + 0.5).astype(np.uint8), "L")
+    side = max(24, min(canvas.width, canvas.height) // 5)
+    picture = picture.resize((side, side), Image.NEAREST).convert("RGB")
+    margin = max(4, side // 12)
+    box = (margin, canvas.height - side - margin)
+    ImageDraw.Draw(canvas).rectangle((box[0] - 2, box[1] - 2, box[0] + side + 1, box[1] + side + 1),
+                                     outline=(255, 255, 255), width=2)
+    canvas.paste(picture, box)
 
 
 def describe_motion_field(motion) -> str:

@@ -165,8 +165,8 @@ def test_batches(pipe):
     batch = torch.stack([_smooth_image(64, 64, seed=s) for s in range(3)])
     out = pipe(batch, prompt=["", "a dog", "a cat"], generator=_gen(), output_type="pt")
     assert len(out.images) == 3 and len(out.motion_fields) == 3
-    images, motions, pres = pipe(batch[:1], return_dict=False, output_type="pt")
-    assert len(images) == len(motions) == len(pres) == 1
+    images, motions, pres, kernels, confidences = pipe(batch[:1], return_dict=False, output_type="pt")
+    assert len(images) == len(motions) == len(pres) == len(kernels) == len(confidences) == 1
 
 
 def test_callbacks(pipe):

@@ -1,0 +1,585 @@
+# Self-contained: imported by diffusers with trust_remote_code from a saved pipeline folder, where `glow` is not
+# importable. Only torch, diffusers and the standard library.
+"""BlindDeconvolution: estimate the blur kernel of *this* photo by optimisation, then deconvolve it.
+
+No learned weights: the settings live in ``config.json``. A network that must *learn* deconvolution needs far more
+samples than a CPU can show it; a photo can afford seconds of optimisation instead.
+
+1. **Where**: the luminance of the most edge-rich square region(s) (``region_size`` px, at most ``num_regions``),
+   never the whole photo, so the cost is bounded at any image size.
+2. **Kernel** (coarse to fine, kernels up to ``max_kernel_size``): at each pyramid level alternate
+   - a latent-image step under an L0 gradient prior (half-quadratic splitting solved in the Fourier domain, as in
+     Xu, Zheng & Jia 2013 and Pan et al. 2014), and
+   - a kernel step in the gradient domain (least squares with a small Tikhonov term, solved by conjugate gradients on
+     the kernel support), then projected: non-negative, small values cut, the one connected support with most mass
+     kept, sums to 1, re-centred on its centroid.
+   Low frequencies are weighted up in the kernel step (``kernel_lowpass``): at 1% noise the unweighted step gave
+   noise-filled kernels. Clipped pixels are missing data in the latent step and are left out of the kernel step.
+   Several kernel sizes are tried; the one whose regularised deconvolution re-blurs closest to the data wins.
+3. **Confidence**: a kernel that is (near) a delta, or a photo with detail at frequencies the kernel would have
+   removed (``spectral_excess``: a sharp photo), fades the deconvolution out, so a sharp photo passes unchanged.
+   With ``num_regions > 1`` the regions' kernels are averaged (no consistency check between regions yet).
+4. **Deconvolution** of the whole photo (all channels) with a hyper-Laplacian-like prior (HQS with an iteratively
+   reweighted L1 shrinkage), on a smoothly periodic padding (no ringing from the borders), with clipped highlights
+   treated as missing data (the EM trick: their observed value is replaced by the current re-blurred estimate).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class BlindDeconvolutionOutput(BaseOutput):
+    """``image`` ``[B,3,H,W]`` deconvolved (blended with the input by ``confidence``); ``kernels`` ``[B,K,K]`` the
+    estimated PSF of each image (centred, sums to 1); ``confidence`` ``[B]`` in [0, 1] (0 = left as it was)."""
+
+    image: torch.Tensor
+    kernels: torch.Tensor
+    confidence: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------------------------
+def luminance(rgb, weights=(0.299, 0.587, 0.114)):
+    """``[B,3,H,W]`` -> ``[B,1,H,W]`` (Rec. 601 weights by default)."""
+    w = torch.as_tensor(weights, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb * w).sum(dim=1, keepdim=True)
+
+
+def srgb_to_linear(x):
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def periodic_pad(x, pad_h, pad_w):
+    """Pad ``[..., H, W]`` by ``pad_h`` rows at the bottom and ``pad_w`` columns at the right so the result is smooth
+    across its wrap-around edges: the padding ramps linearly from the last row/column back to the first. The FFT
+    then sees no step at the image border (Liu & Jia's boundary wrapping in its simplest form)."""
+    if pad_w > 0:
+        t = torch.arange(1, pad_w + 1, device=x.device, dtype=x.dtype) / (pad_w + 1)
+        last, first = x[..., :, -1:], x[..., :, :1]
+        x = torch.cat([x, last + (first - last) * t.view(1, -1)], dim=-1)
+    if pad_h > 0:
+        t = torch.arange(1, pad_h + 1, device=x.device, dtype=x.dtype) / (pad_h + 1)
+        last, first = x[..., -1:, :], x[..., :1, :]
+        x = torch.cat([x, last + (first - last) * t.view(-1, 1)], dim=-2)
+    return x
+
+
+def fast_size(n):
+    """Smallest 2^a 3^b 5^c >= n: FFT sizes with small prime factors are several times faster."""
+    best = 1 << max(n - 1, 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def psf2otf(kernel, shape):
+    """Centred ``[..., k, k]`` PSF -> its rfft2 over ``shape`` with the centre moved to the origin."""
+    k = kernel.shape[-1]
+    padded = kernel.new_zeros(kernel.shape[:-2] + tuple(shape))
+    padded[..., :k, :k] = kernel
+    padded = torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
+    return torch.fft.rfft2(padded)
+
+
+def otf2psf(otf, shape, k):
+    """Inverse of ``psf2otf``: the centred ``k x k`` window of the spatial response."""
+    spatial = torch.fft.irfft2(otf, s=shape)
+    spatial = torch.roll(spatial, shifts=(k // 2, k // 2), dims=(-2, -1))
+    return spatial[..., :k, :k]
+
+
+def gradient_otfs(shape, device, dtype):
+    """rfft2 of the forward differences [-1, 1] in x and y (circular)."""
+    dx = torch.zeros(shape, device=device, dtype=dtype)
+    dx[0, 0], dx[0, -1] = -1.0, 1.0  # (D x)[i] = x[i] - x[i-1] ... as a circular filter with the origin at [0, 0]
+    dy = torch.zeros(shape, device=device, dtype=dtype)
+    dy[0, 0], dy[-1, 0] = -1.0, 1.0
+    return torch.fft.rfft2(dx), torch.fft.rfft2(dy)
+
+
+def grad_x(x):
+    return x - torch.roll(x, 1, dims=-1)
+
+
+def grad_y(x):
+    return x - torch.roll(x, 1, dims=-2)
+
+
+def grad_xt(g):
+    """Adjoint of ``grad_x`` (circular)."""
+    return g - torch.roll(g, -1, dims=-1)
+
+
+def grad_yt(g):
+    return g - torch.roll(g, -1, dims=-2)
+
+
+def largest_component(mask, weights):
+    """Keep the 8-connected component of ``mask`` (``[k, k]`` bool) with the most ``weights`` mass. Labels spread by
+    max-pooling (kernels are at most ~100 px, so this converges in about a kernel diameter of cheap steps)."""
+    k = mask.shape[-1]
+    labels = torch.arange(1, k * k + 1, device=mask.device, dtype=weights.dtype).view(k, k) * mask
+    for _ in range(4 * k):
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    ids = labels.flatten().long()
+    mass = torch.zeros(k * k + 1, device=mask.device, dtype=weights.dtype).index_add_(0, ids, weights.flatten())
+    mass[0] = 0
+    return labels == mass.argmax().to(labels.dtype)
+
+
+def centre_kernel(kernel):
+    """Shift ``[k, k]`` so its centroid lands on the centre pixel (integer shift; what falls off is dropped)."""
+    k = kernel.shape[-1]
+    total = kernel.sum().clamp_min(1e-12)
+    idx = torch.arange(k, device=kernel.device, dtype=kernel.dtype)
+    cy = int(round(float((kernel.sum(1) * idx).sum() / total)))
+    cx = int(round(float((kernel.sum(0) * idx).sum() / total)))
+    dy, dx = k // 2 - cy, k // 2 - cx
+    if dy == 0 and dx == 0:
+        return kernel
+    out = torch.zeros_like(kernel)
+    ys, yd = slice(max(0, -dy), min(k, k - dy)), slice(max(0, dy), min(k, k + dy))
+    xs, xd = slice(max(0, -dx), min(k, k - dx)), slice(max(0, dx), min(k, k + dx))
+    out[yd, xd] = kernel[ys, xs]
+    return out
+
+
+def resize_kernel(kernel, size):
+    out = F.interpolate(kernel[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    out = out.clamp_min(0)
+    return out / out.sum().clamp_min(1e-12)
+
+
+def kernel_moments(kernel):
+    """``[k, k]`` -> (length along the main axis ``sqrt(12 λ1)``, across it ``sqrt(12 λ2)``, angle of the main axis
+    in radians, x right / y down)."""
+    k = kernel.shape[-1]
+    p = kernel / kernel.sum().clamp_min(1e-12)
+    idx = torch.arange(k, device=kernel.device, dtype=kernel.dtype)
+    ys, xs = idx.view(k, 1), idx.view(1, k)
+    mx, my = (p * xs).sum(), (p * ys).sum()
+    cxx, cyy, cxy = (p * (xs - mx) ** 2).sum(), (p * (ys - my) ** 2).sum(), (p * (xs - mx) * (ys - my)).sum()
+    root = torch.sqrt((cxx - cyy) ** 2 + 4 * cxy**2)
+    lam1, lam2 = 0.5 * (cxx + cyy + root), 0.5 * (cxx + cyy - root)
+    angle = 0.5 * torch.atan2(2 * cxy, cxx - cyy)
+    return float(torch.sqrt(12 * lam1.clamp_min(0))), float(torch.sqrt(12 * lam2.clamp_min(0))), float(angle)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class BlindDeconvolution(ModelMixin, ConfigMixin):
+    r"""Blind deconvolution by optimisation (no weights). ``forward(image [B,3,H,W] in [0,1], sRGB)`` ->
+    ``BlindDeconvolutionOutput``; ``estimate_kernel`` and ``deconvolve`` run the two halves alone.
+
+    Config:
+        max_kernel_size: the largest kernel considered (odd, px at full resolution).
+        kernel_sizes: the kernel-size hypotheses tried (each <= max_kernel_size); the best fit wins.
+        region_size: side of the square estimation region (px); ``num_regions`` regions at most.
+        estimation_scale: the photo is downscaled so its long side is at most ``estimation_max_side`` before
+            estimating (the kernel is scaled back up); bounds the cost on 12 MP photos.
+        lambda_grad / lambda_min / iterations: L0 weight at the start of each level, its floor, and the number of
+            latent/kernel alternations per level.
+        kernel_tikhonov: weight of ``||k||^2`` in the kernel step (relative to the gradient energy).
+        kernel_threshold: kernel values below this fraction of the maximum are cut.
+        linear_light: estimate on linear-light luminance instead of sRGB.
+        deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
+            the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``).
+        min_blur_length / full_blur_length: kernels shorter than the first are "no blur" (confidence 0); the
+            confidence ramps to 1 at the second.
+        saturation: luminance above this is treated as clipped.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        max_kernel_size: int = 75,
+        kernel_sizes: tuple = (31, 51, 75),
+        region_size: int = 512,
+        num_regions: int = 1,
+        estimation_max_side: int = 1600,
+        lambda_grad: float = 1e-3,
+        lambda_min: float = 1e-4,
+        iterations: int = 10,
+        hqs_beta_max: float = 1e5,
+        hqs_kappa: float = 3.0,
+        kernel_tikhonov: float = 2.0,
+        kernel_cg_iterations: int = 10,
+        kernel_lowpass: float = 1.5,
+        refine_iterations: int = 0,
+        refine_lowpass: float = 0.0,
+        edge_pixels: float = 20.0,
+        kernel_threshold: float = 0.05,
+        linear_light: bool = False,
+        deconv_weight: float = 1e-3,
+        rank_weight: float = 1e-3,
+        deconv_iterations: int = 6,
+        deconv_length_scale: float = 60.0,
+        min_blur_length: float = 2.0,
+        full_blur_length: float = 4.0,
+        saturation: float = 0.97,
+        excess_range: tuple = (15.0, 40.0),
+    ):
+        super().__init__()
+        # the channel weights of the luminance the kernel is estimated on; the component's only tensor (diffusers
+        # saves and loads a model folder through its weights file, so an optimiser with no weights keeps this one)
+        self.register_buffer("luma_weights", torch.tensor([0.299, 0.587, 0.114]))
+
+    # ------------------------------------------------------------------ estimation
+    def _regions(self, lum):
+        """Top-left corners of the most edge-rich ``region_size`` squares of ``lum [1,1,H,W]`` (non-overlapping by
+        more than half), best first."""
+        h, w = lum.shape[-2:]
+        size = min(self.config.region_size, h, w)
+        if size == h and size == w:
+            return size, [(0, 0)]
+        step = max(8, size // 8)
+        # edge content on a coarse grid: mean gradient magnitude per step x step cell, summed over windows
+        gx, gy = lum[..., :-1, 1:] - lum[..., :-1, :-1], lum[..., 1:, :-1] - lum[..., :-1, :-1]
+        g = torch.sqrt(gx * gx + gy * gy)
+        cells = F.avg_pool2d(g, step, stride=step, ceil_mode=True)
+        n = max(1, size // step)
+        score = F.avg_pool2d(cells, n, stride=1)[0, 0]
+        picks = []
+        score = score.clone()
+        for _ in range(self.config.num_regions):
+            flat = int(score.argmax())
+            cy, cx = divmod(flat, score.shape[1])
+            y0, x0 = min(cy * step, h - size), min(cx * step, w - size)
+            picks.append((y0, x0))
+            score[max(0, cy - n // 2) : cy + n // 2 + 1, max(0, cx - n // 2) : cx + n // 2 + 1] = -1
+            if float(score.max()) < 0:
+                break
+        return size, picks
+
+    def _l0_latent(self, blurry_f, kernel_otf, dx_otf, dy_otf, shape, lam, init=None, clipped=None, blurry=None):
+        """min_S ||k*S - B||^2 + lam ||grad S||_0 by half-quadratic splitting (beta doubling): each step thresholds
+        the gradients (L0 proximal map) and solves the quadratic in the Fourier domain. ``clipped`` pixels of
+        ``blurry`` are missing data: a clipped value only says "at least this bright", so each step replaces it by
+        the re-blurred estimate where that is brighter (EM)."""
+        cfg = self.config
+        num = torch.conj(kernel_otf) * blurry_f
+        den_k = kernel_otf.real**2 + kernel_otf.imag**2
+        den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
+        latent = torch.fft.irfft2(blurry_f, s=shape) if init is None else init
+        beta = 2 * lam
+        while beta < cfg.hqs_beta_max:
+            if clipped is not None:
+                reblur = torch.fft.irfft2(torch.fft.rfft2(latent) * kernel_otf, s=shape)
+                num = torch.conj(kernel_otf) * torch.fft.rfft2(torch.where(clipped, torch.maximum(reblur, blurry), blurry))
+            gx, gy = grad_x(latent), grad_y(latent)
+            keep = (gx * gx + gy * gy) >= lam / beta
+            gx, gy = gx * keep, gy * keep
+            latent_f = (num + beta * torch.fft.rfft2(grad_xt(gx) + grad_yt(gy))) / (den_k + beta * den_g)
+            latent = torch.fft.irfft2(latent_f, s=shape)
+            beta *= cfg.hqs_kappa
+        return latent
+
+    @staticmethod
+    def _edge_threshold(latent, count):
+        """Gradient magnitude above which at least ``count`` pixels remain in each of four orientation bins (Cho &
+        Lee's rule: enough edges in every direction to constrain the kernel in every direction)."""
+        gx, gy = grad_x(latent), grad_y(latent)
+        mag = torch.sqrt(gx * gx + gy * gy).flatten()
+        angle = torch.remainder(torch.atan2(gy, gx).flatten(), math.pi)
+        bins = (angle / (math.pi / 4)).long().clamp_max(3)
+        thr = float("inf")
+        for b in range(4):
+            m = mag[bins == b]
+            m = m[m > 0]
+            if m.numel() == 0:
+                continue
+            kth = m.topk(min(int(count), m.numel())).values[-1]
+            thr = min(thr, float(kth))
+        return 0.0 if thr == float("inf") else thr
+
+    def _kernel_step(self, latent, blurry, mask, kernel, threshold=0.0, lowpass=None, support=None):
+        """Least-squares kernel in the gradient domain, ``min_k sum_d ||m (d S * k - d B)||^2 + t ||k||^2`` with the
+        mask m applied to both gradients (clipped pixels out), by conjugate gradients on the k x k support."""
+        cfg = self.config
+        k = kernel.shape[-1]
+        shape = latent.shape[-2:]
+        sx, sy = grad_x(latent) * mask, grad_y(latent) * mask
+        if threshold > 0:  # only the salient edges of the latent image (weak ones carry mostly noise)
+            strong = (sx * sx + sy * sy) >= threshold**2
+            sx, sy = sx * strong, sy * strong
+        bx, by = grad_x(blurry) * mask, grad_y(blurry) * mask
+        sxf, syf = torch.fft.rfft2(sx), torch.fft.rfft2(sy)
+        gram = sxf.real**2 + sxf.imag**2 + syf.real**2 + syf.imag**2
+        cross = torch.conj(sxf) * torch.fft.rfft2(bx) + torch.conj(syf) * torch.fft.rfft2(by)
+        lowpass = cfg.kernel_lowpass if lowpass is None else lowpass
+        if lowpass > 0:  # weight low frequencies: noise lives at high ones (unbiased: both sides)
+            fy = torch.fft.fftfreq(shape[0], device=latent.device).view(-1, 1)
+            fx = torch.fft.rfftfreq(shape[1], device=latent.device).view(1, -1)
+            wgt = torch.exp(-((2 * math.pi * lowpass) ** 2) * (fx * fx + fy * fy))
+            gram, cross = gram * wgt, cross * wgt
+        rhs = otf2psf(cross, shape, k)
+        sup = torch.ones_like(kernel) if support is None else support.to(kernel.dtype)
+        rhs = rhs * sup
+        tik = cfg.kernel_tikhonov
+
+        def apply(v):
+            return (otf2psf(gram * psf2otf(v, shape), shape, k) + tik * v) * sup
+
+        x = kernel.clone() * sup
+        r = rhs - apply(x)
+        p = r.clone()
+        rs = (r * r).sum()
+        for _ in range(cfg.kernel_cg_iterations):
+            ap = apply(p)
+            alpha = rs / (p * ap).sum().clamp_min(1e-20)
+            x = x + alpha * p
+            r = r - alpha * ap
+            rs_new = (r * r).sum()
+            if float(rs_new) < 1e-12:
+                break
+            p = r + (rs_new / rs.clamp_min(1e-20)) * p
+            rs = rs_new
+        return self._project_kernel(x)
+
+    def _project_kernel(self, kernel):
+        k = kernel.clamp_min(0)
+        if float(k.max()) <= 0:
+            k = torch.zeros_like(kernel)
+            k[kernel.shape[-1] // 2, kernel.shape[-1] // 2] = 1
+            return k
+        k = torch.where(k >= self.config.kernel_threshold * k.max(), k, torch.zeros_like(k))
+        k = k * largest_component(k > 0, k)
+        k = centre_kernel(k / k.sum())
+        return k / k.sum().clamp_min(1e-12)
+
+    def _estimate_region(self, blurry, saturated, kernel_size):
+        """Coarse-to-fine kernel of size ``kernel_size`` for one luminance region ``[H, W]``. Returns the kernel."""
+        cfg = self.config
+        ratio = math.sqrt(0.5)
+        levels = max(0, int(math.floor(math.log(5.0 / kernel_size) / math.log(ratio))))
+        kernel = None
+        for level in range(levels, -1, -1):
+            scale = ratio**level
+            ks = max(3, int(round(kernel_size * scale)) | 1)
+            if level == 0:
+                b, sat = blurry, saturated
+            else:
+                size = (max(8, round(blurry.shape[-2] * scale)), max(8, round(blurry.shape[-1] * scale)))
+                b = F.interpolate(blurry[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
+                sat = F.interpolate(saturated[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+            if kernel is None:
+                kernel = torch.zeros(ks, ks, device=b.device, dtype=b.dtype)
+                kernel[ks // 2, ks // 2 - 1 : ks // 2 + 1] = 0.5
+            else:
+                kernel = resize_kernel(kernel, ks)
+            # periodic padding by the kernel size so neither step sees a wrap-around step at the border
+            shape = (fast_size(b.shape[-2] + ks), fast_size(b.shape[-1] + ks))
+            bp = periodic_pad(b, shape[0] - b.shape[-2], shape[1] - b.shape[-1])
+            # pixels whose blur involves clipped light (dilated by the kernel) and the padding are left out of the
+            # kernel step
+            mask = torch.zeros(shape, device=b.device, dtype=b.dtype)
+            mask[ks : b.shape[-2] - ks, ks : b.shape[-1] - ks] = 1
+            if float(sat.max()) > 0:
+                near = F.max_pool2d(sat[None, None], 2 * (ks // 2) + 1, stride=1, padding=ks // 2)[0, 0] > 0.01
+                mask[: b.shape[-2], : b.shape[-1]] *= (~near).to(b.dtype)
+            bf = torch.fft.rfft2(bp)
+            dx_otf, dy_otf = gradient_otfs(shape, b.device, b.dtype)
+            clipped = None
+            if float(sat.max()) > 0:
+                clipped = torch.zeros(shape, device=b.device, dtype=torch.bool)
+                clipped[: b.shape[-2], : b.shape[-1]] = sat > 0.5
+            lam = cfg.lambda_grad
+            latent, threshold = None, None
+            for _ in range(cfg.iterations):
+                latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
+                if threshold is None:
+                    threshold = self._edge_threshold(latent * mask, cfg.edge_pixels * ks) if cfg.edge_pixels > 0 else 0
+                kernel = self._kernel_step(latent, bp, mask, kernel, threshold)
+                lam = max(lam / 1.1, cfg.lambda_min)
+                threshold /= 1.1
+        # refine at full resolution on the found support (dilated), without the low-pass weighting: the low-pass
+        # keeps noise out of the search but leaves the kernel a few px too thick (iterative support detection)
+        for _ in range(cfg.refine_iterations):
+            support = F.max_pool2d((kernel > 0).to(kernel.dtype)[None, None], 3, stride=1, padding=1)[0, 0] > 0
+            latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
+            kernel = self._kernel_step(latent, bp, mask, kernel, threshold, lowpass=cfg.refine_lowpass, support=support)
+        latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
+        return kernel
+
+    @staticmethod
+    def noise_sigma(region):
+        """Robust noise level of ``[H, W]``: the median absolute response of a Laplacian-like filter that cancels
+        planes and edges' first order, scaled to a Gaussian sigma (MAD; edges barely move a median)."""
+        lap = region.new_tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
+        resp = F.conv2d(region[None, None], lap)
+        return float(1.4826 * resp.abs().median() / 6.0)
+
+    def spectral_excess(self, region, kernel, saturated=None):
+        """Power of ``region`` at the frequencies ``kernel`` (nearly) removes, over the power noise alone would put
+        there: ~1 when the photo really is blurred by the kernel, far above 1 when the photo has detail the kernel
+        says it cannot have (a sharp photo, or a kernel that is too large). The consistency check before any
+        deconvolution."""
+        h, w = region.shape[-2:]
+        win = torch.hann_window(h, periodic=False, device=region.device)[:, None] * torch.hann_window(
+            w, periodic=False, device=region.device)[None, :]
+        if saturated is not None and float(saturated.max()) > 0:  # clipped lights keep sharp edges: leave them out
+            k = kernel.shape[-1] | 1
+            near = F.max_pool2d(saturated[None, None], k, stride=1, padding=k // 2)[0, 0]
+            win = win * (1 - F.avg_pool2d(near[None, None], 9, stride=1, padding=4, count_include_pad=False)[0, 0])
+        centred = (region - (region * win).sum() / win.sum().clamp_min(1e-6)) * win
+        power = torch.fft.rfft2(centred).abs() ** 2 / (win**2).sum()
+        k_otf = psf2otf(kernel, (h, w))
+        fy = torch.fft.fftfreq(h, device=region.device).view(-1, 1)
+        fx = torch.fft.rfftfreq(w, device=region.device).view(1, -1)
+        radius = torch.sqrt(fx * fx + fy * fy)
+        band = (radius > 0.04) & (radius < 0.35)
+        gain = k_otf.abs() ** 2
+        zeros = (gain < 0.05) & band
+        if int(zeros.sum()) < 64:  # a compact kernel has few zeros: test where it attenuates most instead
+            zeros = band & (gain <= torch.quantile(gain[band], 0.05))
+        sigma = max(self.noise_sigma(region), 1e-3)
+        return float(power[zeros].mean() / sigma**2)
+
+    def _fit_residual(self, region, kernel):
+        """How well a kernel explains a region: mean squared residual ``k * x - b`` of a regularised non-blind
+        deconvolution x, inside the region. A wrong kernel cannot be inverted into an image that reblurs to the data
+        under the prior, so this ranks hypotheses (measured: it picks the best or near-best of the candidates on
+        simulated shake; the delta kernel, which fits trivially, is never a candidate)."""
+        x = self.deconvolve(region[None], kernel, weight=self.config.rank_weight)
+        k = kernel.shape[-1]
+        shape = (fast_size(x.shape[-2] + k), fast_size(x.shape[-1] + k))
+        xp = periodic_pad(x, shape[0] - x.shape[-2], shape[1] - x.shape[-1])
+        reblur = torch.fft.irfft2(torch.fft.rfft2(xp) * psf2otf(kernel, shape), s=shape)[0, : x.shape[-2], : x.shape[-1]]
+        m = k // 2 + 1
+        return float(((reblur - region)[m:-m, m:-m] ** 2).mean())
+
+    @torch.no_grad()
+    def estimate_kernel(self, image):
+        """``[3,H,W]`` sRGB in [0, 1] -> (kernel ``[K,K]`` with K = max_kernel_size, confidence in [0, 1], info
+        dict). The kernel is at full resolution, centred, sums to 1."""
+        cfg = self.config
+        image = image.float()
+        lum = luminance(image[None], self.luma_weights.to(image.device))
+        h, w = lum.shape[-2:]
+        down = min(1.0, cfg.estimation_max_side / max(h, w))
+        if down < 1.0:
+            lum = F.interpolate(lum, scale_factor=down, mode="bilinear", antialias=True, align_corners=False)
+        saturated = (lum >= cfg.saturation).to(lum.dtype)
+        if cfg.linear_light:
+            lum = srgb_to_linear(lum)
+        if min(lum.shape[-2:]) < 4 * min(3, min(cfg.kernel_sizes)) + 16:  # too small to hold any blur estimate
+            delta = torch.zeros(cfg.max_kernel_size, cfg.max_kernel_size, device=lum.device)
+            delta[cfg.max_kernel_size // 2, cfg.max_kernel_size // 2] = 1
+            return delta, 0.0, {"length": 0.0, "width": 0.0, "angle": 0.0, "regions": [], "scale": down}
+        size, corners = self._regions(lum)
+        sizes = sorted({min(int(s) | 1, cfg.max_kernel_size) for s in cfg.kernel_sizes})
+        sizes = [max(3, int(round(s * down)) | 1) for s in sizes]
+        region_kernels, energies = [], []
+        for y0, x0 in corners:
+            region = lum[0, 0, y0 : y0 + size, x0 : x0 + size]
+            sat = saturated[0, 0, y0 : y0 + size, x0 : x0 + size]
+            candidates = [self._estimate_region(region, sat, ks) for ks in sizes]
+            fits = [self._fit_residual(region, kk) for kk in candidates]
+            best = min(range(len(fits)), key=lambda i: fits[i])
+            region_kernels.append(candidates[best])
+            energies.append(fits)
+        kmax = max(sizes)
+        kernels = torch.stack([F.pad(kk, [(kmax - kk.shape[-1]) // 2] * 4) for kk in region_kernels])
+        kernel = kernels.mean(0)
+        if down < 1.0:  # back to full resolution
+            full = max(3, min(cfg.max_kernel_size, int(round(kmax / down)) | 1))
+            kernel = resize_kernel(kernel, full)
+        out = torch.zeros(cfg.max_kernel_size, cfg.max_kernel_size, device=kernel.device, dtype=kernel.dtype)
+        k, m = kernel.shape[-1], cfg.max_kernel_size
+        if k <= m:
+            out[(m - k) // 2 : (m - k) // 2 + k, (m - k) // 2 : (m - k) // 2 + k] = kernel
+        else:
+            out = kernel[(k - m) // 2 : (k - m) // 2 + m, (k - m) // 2 : (k - m) // 2 + m]
+        out = centre_kernel(out / out.sum())
+        length, width, angle = kernel_moments(out)
+        spread = math.hypot(length, width)
+        confidence = min(1.0, max(0.0, (spread - cfg.min_blur_length) / (cfg.full_blur_length - cfg.min_blur_length)))
+        # consistency: the best region must not hold detail the kernel would have removed
+        y0, x0 = corners[0]
+        excess = self.spectral_excess(lum[0, 0, y0 : y0 + size, x0 : x0 + size], kernels[0],
+                                      saturated[0, 0, y0 : y0 + size, x0 : x0 + size])
+        lo, hi = cfg.excess_range
+        confidence *= min(1.0, max(0.0, (hi - excess) / (hi - lo)))
+        info = {"length": length, "width": width, "angle": angle, "regions": corners, "region_size": size,
+                "fit_residuals": energies, "spectral_excess": excess, "kernel_sizes": sizes, "scale": down}
+        return out, confidence, info
+
+    # ------------------------------------------------------------------ non-blind deconvolution
+    @torch.no_grad()
+    def deconvolve(self, image, kernel, weight=None):
+        """``[C,H,W]`` (any C) deconvolved with ``kernel [K,K]``: min ||k*x - y||^2 + w sum |grad x|^p by HQS with an
+        iteratively reweighted shrinkage (p ~ 0.8), on a smoothly periodic padding; clipped pixels are missing
+        data (replaced each iteration by the re-blurred estimate)."""
+        cfg = self.config
+        c, h, w = image.shape
+        length, width, _ = kernel_moments(kernel)
+        if weight is None:
+            weight = cfg.deconv_weight * (1 + math.hypot(length, width) / cfg.deconv_length_scale)
+        # crop the kernel to its support: the padding only needs to cover it
+        nz = torch.nonzero(kernel > 0)
+        r = int((nz - kernel.shape[-1] // 2).abs().max()) if len(nz) else 0
+        c0 = kernel.shape[-1] // 2
+        kernel = kernel[c0 - r : c0 + r + 1, c0 - r : c0 + r + 1]
+        shape = (fast_size(h + 2 * r + 2), fast_size(w + 2 * r + 2))
+        y = periodic_pad(image.float(), shape[0] - h, shape[1] - w)
+        k_otf = psf2otf(kernel.float(), shape)
+        dx_otf, dy_otf = gradient_otfs(shape, image.device, torch.float32)
+        den_k = k_otf.real**2 + k_otf.imag**2
+        den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
+        clipped = y >= cfg.saturation
+        has_clipped = bool(clipped[:, :h, :w].any())
+        y_f = torch.fft.rfft2(y)
+        x = y.clone()
+        beta = weight * 4
+        for _ in range(cfg.deconv_iterations):
+            if has_clipped:  # missing data: a clipped pixel only says "at least this bright"
+                reblur = torch.fft.irfft2(torch.fft.rfft2(x) * k_otf, s=shape)
+                y_f = torch.fft.rfft2(torch.where(clipped, torch.maximum(reblur, y), y))
+            gx, gy = grad_x(x), grad_y(x)
+            # shrinkage of a sparse (p < 1) prior, linearised around the current gradients (IRLS weight |g|^(p-1))
+            for g in (gx, gy):
+                thr = (weight / beta) / (g.abs() + 0.01) ** 0.2
+                g.copy_(torch.sign(g) * (g.abs() - thr).clamp_min(0))
+            num = torch.conj(k_otf) * y_f + beta * torch.fft.rfft2(grad_xt(gx) + grad_yt(gy))
+            x = torch.fft.irfft2(num / (den_k + beta * den_g), s=shape)
+            beta *= 2.5
+        return x[:, :h, :w]
+
+    # ------------------------------------------------------------------ both
+    @torch.no_grad()
+    def forward(self, image, return_dict=True):
+        """``[B,3,H,W]`` sRGB in [0, 1] -> deconvolved images, kernels, confidences (one uniform kernel per image)."""
+        outs, kernels, confs = [], [], []
+        for img in image:
+            kernel, conf, _ = self.estimate_kernel(img)
+            if conf > 0:
+                sharp = self.deconvolve(img, kernel)
+                outs.append((conf * sharp + (1 - conf) * img.float()).clamp(0, 1).to(image.dtype))
+            else:
+                outs.append(img)
+            kernels.append(kernel)
+            confs.append(conf)
+        result = (torch.stack(outs), torch.stack(kernels), image.new_tensor(confs))
+        if not return_dict:
+            return result
+        return BlindDeconvolutionOutput(*result)

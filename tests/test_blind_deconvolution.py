@@ -1,0 +1,150 @@
+"""Blind kernel estimation and deconvolution (glow.models.blind_deconvolution) on small synthetic photos."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from glow.data.kernels import camera_shake_kernel, convolve, linear_kernel
+from glow.data.motion import kernel_to_motion, motion_to_polar
+from glow.models.blind_deconvolution import BlindDeconvolution, kernel_moments
+from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+from glow.presets import build_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# small and quick: the search for kernels up to 25 px on a 192 px region
+SMALL = dict(max_kernel_size=25, kernel_sizes=(25,), region_size=192, iterations=6)
+
+
+def scene(size=192, seed=0):
+    """A sharp synthetic photo: many overlapping rectangles and disks (edges in every direction, at every scale) on
+    a ramp, RGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.zeros((3, size, size), np.float32) + 0.35 + 0.15 * (xx / size)
+    for _ in range(60):
+        colour = rng.uniform(0.05, 0.9, 3).astype(np.float32)[:, None, None]
+        if rng.random() < 0.5:
+            x0, y0 = rng.integers(0, size - 20, 2)
+            w, h = rng.integers(4, 40, 2)
+            m = (xx >= x0) & (xx < x0 + w) & (yy >= y0) & (yy < y0 + h)
+        else:
+            cx, cy, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(2, 20)
+            m = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        img = np.where(m[None], colour, img)
+    return torch.from_numpy(img)
+
+
+def blur(sharp, kernel, noise=0.005, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (convolve(sharp, kernel) + noise * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
+
+
+def psnr(a, b):
+    return float(10 * torch.log10(1 / ((a.clamp(0, 1) - b) ** 2).mean()))
+
+
+def centre_crop(kernel, size):
+    c, r = kernel.shape[-1] // 2, size // 2
+    return kernel[c - r : c + r + 1, c - r : c + r + 1]
+
+
+def test_linear_kernel_is_recovered_and_deconvolution_helps():
+    sharp = scene()
+    true = centre_crop(linear_kernel(13.0, math.radians(30)), 25)
+    blurry = blur(sharp, true)
+    bd = BlindDeconvolution(**SMALL)
+    kernel, confidence, info = bd.estimate_kernel(blurry)
+    length, _, angle = kernel_moments(kernel)
+    true_length, _, true_angle = kernel_moments(true)
+    assert abs(length - true_length) < 3.0, (length, true_length)
+    assert abs(math.degrees(angle - true_angle)) < 10, (math.degrees(angle), math.degrees(true_angle))
+    assert confidence == 1.0
+    # L1 distance of two PSFs is at most 2; the estimate is ~1-2 px thicker than a 1-px line (measured 1.06)
+    assert float((kernel - true).abs().sum()) < 1.2
+    out = bd(blurry[None]).image[0]
+    assert psnr(out, sharp) > psnr(blurry, sharp) + 3.0, (psnr(out, sharp), psnr(blurry, sharp))
+
+
+def test_camera_shake_kernel_is_recovered():
+    sharp = scene(seed=3)
+    true = centre_crop(camera_shake_kernel(np.random.default_rng(5), extent=12.0)[0], 25)
+    true = true / true.sum()
+    blurry = blur(sharp, true)
+    bd = BlindDeconvolution(**SMALL)
+    kernel, _, _ = bd.estimate_kernel(blurry)
+    assert float((kernel - true).abs().sum()) < 1.0
+    assert psnr(bd.deconvolve(blurry, kernel), sharp) > psnr(blurry, sharp) + 2.0
+
+
+def test_sharp_image_passes_unchanged():
+    sharp = (scene(seed=7) + 0.005 * torch.randn(3, 192, 192, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    out = BlindDeconvolution(**SMALL)(sharp[None])
+    assert float(out.confidence[0]) < 0.5
+    assert psnr(out.image[0], sharp) > 40
+
+
+def test_saturated_lights_do_not_derail_the_estimate():
+    sharp = scene(seed=11)
+    yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")
+    for cx, cy in ((40, 50), (150, 120), (90, 160)):  # street lights: far above white before the camera clips
+        sharp = torch.where(((xx - cx) ** 2 + (yy - cy) ** 2 < 16)[None], torch.full_like(sharp, 6.0), sharp)
+    true = centre_crop(linear_kernel(11.0, math.radians(-60)), 25)
+    blurry = blur(sharp, true)  # clipped to [0, 1]: the saturated streaks lose their shape
+    bd = BlindDeconvolution(**SMALL)
+    kernel, _, _ = bd.estimate_kernel(blurry)
+    length, _, angle = kernel_moments(kernel)
+    # the direction holds; the length comes out long here (16 px for 11.6, measured; docs/deconvolution.md)
+    assert abs(length - kernel_moments(true)[0]) < 0.6 * kernel_moments(true)[0]
+    assert abs(math.degrees(angle - kernel_moments(true)[2])) < 10
+
+
+def test_cost_is_bounded_by_the_region_not_the_photo():
+    """Only ``region_size`` px squares are searched: a photo 4x larger picks a region of the same size."""
+    bd = BlindDeconvolution(**SMALL)
+    big = torch.nn.functional.interpolate(scene(seed=2)[None], scale_factor=3, mode="nearest")[0]
+    _, _, info = bd.estimate_kernel(big)
+    assert info["region_size"] == SMALL["region_size"]
+
+
+def test_motion_field_of_the_kernel_matches_the_simulator_encoding():
+    kernel = camera_shake_kernel(np.random.default_rng(0), extent=20.0)[0]
+    field = GLOWDeblurPipeline.kernel_motion_field(kernel, 20, 33)
+    assert field.shape == (3, 3, 5)
+    torch.testing.assert_close(field[:, 1, 2], kernel_to_motion(kernel), rtol=1e-4, atol=1e-4)
+
+
+def test_pipeline_motion_map_of_a_horizontal_blur_is_horizontal():
+    pipe = build_pipeline("tiny")
+    pipe.blind_deconvolution = BlindDeconvolution(**SMALL)
+    blurry = blur(scene(seed=4), centre_crop(linear_kernel(15.0, 0.0), 25))
+    out = pipe(blurry, output_type="pt", generator=torch.Generator().manual_seed(0))
+    theta, d, length = motion_to_polar(out.motion_fields[0], dim=0)
+    assert out.kernels[0].shape == (25, 25)
+    assert float(d.mean()) > 0.6  # a streak, not a disk (drawn as a circle below 0.25)
+    assert float(torch.minimum(theta, math.pi - theta).max()) < math.radians(10)  # horizontal
+    assert abs(float(length.mean()) - 15.0) < 3.0
+    off = pipe(blurry, output_type="pt", deconvolve=False, generator=torch.Generator().manual_seed(0))
+    assert off.kernels is None
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "tiny", "huge"])
+def test_pipeline_with_deconvolution_keeps_every_input_layout(mode):
+    from PIL import Image
+
+    pipe = build_pipeline("tiny")  # the tiny preset has a blind_deconvolution component
+    rgb = (scene(seed=6, size=96).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    if mode == "L":
+        image = Image.fromarray(rgb).convert("L")
+    elif mode == "RGBA":
+        image = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]), mode="RGBA")
+    elif mode == "I;16":
+        image = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257), mode="I;16")
+    elif mode == "tiny":
+        image = Image.fromarray(rgb[:3, :2])
+    else:  # the whole photo is deconvolved in one FFT; the kernel search stays on one region
+        image = Image.fromarray(np.tile(rgb, (14, 21, 1)))  # 1344 x 2016
+    out = pipe(image, fidelity=1.0)
+    assert out.images[0].size == image.size and out.images[0].mode == image.mode
+    assert out.kernels[0].shape[-1] == pipe.blind_deconvolution.config.max_kernel_size
