@@ -272,11 +272,12 @@ def load_pipeline(model: str):
 
 @contextlib.contextmanager
 def without_motion_guidance(pipe):
-    """Zero motion field + no Wiener deconvolution, by patching the two component calls for the duration.
+    """Zero motion field + no Wiener deconvolution + no blind deconvolution, by patching the component calls for
+    the duration.
 
     GLOWDeblurPipeline has no switch for this ablation; the patch is on the instances only and always undone.
     """
-    estimator, prerecon = pipe.motion_estimator, pipe.prereconstruction
+    estimator, prerecon, blind = pipe.motion_estimator, pipe.prereconstruction, pipe.blind_deconvolution
     estimate = estimator.forward
 
     def zero_motion(blurry, return_dict=True):
@@ -287,9 +288,12 @@ def without_motion_guidance(pipe):
     estimator.forward = zero_motion
     if hasattr(prerecon, "wiener"):
         prerecon.wiener = lambda blurry, kernels, noise_sigma=None: blurry
+    if blind is not None:  # no estimated kernel either: the photo reaches the networks as it is
+        pipe.blind_deconvolution = None
     try:
         yield
     finally:
+        pipe.blind_deconvolution = blind
         del estimator.forward
         if "wiener" in vars(prerecon):
             del prerecon.wiener
