@@ -325,21 +325,6 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             return prediction
         return (latents - prediction) / sigma
 
-    @staticmethod
-    def kernel_motion_field(kernel, height, width):
-        """One (uniform) kernel ``[K, K]`` -> the motion-field encoding ``[3, ceil(H/8), ceil(W/8)]`` (DESIGN.md):
-        ``d cos 2θ, d sin 2θ, length`` from the kernel's second moments."""
-        k = kernel.shape[-1]
-        p = kernel.float().cpu() / kernel.float().sum().clamp_min(1e-12)
-        idx = torch.arange(k, dtype=torch.float32)
-        ys, xs = idx.view(k, 1), idx.view(1, k)
-        mx, my = (p * xs).sum(), (p * ys).sum()
-        cxx, cyy, cxy = (p * (xs - mx) ** 2).sum(), (p * (ys - my) ** 2).sum(), (p * (xs - mx) * (ys - my)).sum()
-        trace = (cxx + cyy).clamp_min(1e-8)
-        lam1 = 0.5 * (cxx + cyy + torch.sqrt((cxx - cyy) ** 2 + 4 * cxy**2))
-        vec = torch.stack([(cxx - cyy) / trace, 2 * cxy / trace, torch.sqrt(12 * lam1.clamp_min(0))])
-        return vec.view(3, 1, 1).expand(3, -(-height // LATENT_DOWNSCALE), -(-width // LATENT_DOWNSCALE)).clone()
-
     @classmethod
     def transformer_input(cls, latents, features, motion):
         """``cat(x_t, aligned features, motion condition)`` along channels: the transformer's ``hidden_states``."""
@@ -619,10 +604,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
 
                 # 4. blind deconvolution: this photo's kernel by optimisation, the whole photo deconvolved with it
                 # (not per tile: the kernel needs a large area, and an FFT over the photo costs less than tiles)
-                kernel = None
+                blind = None
                 if use_blind:
                     blind = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
-                    rgb, kernel, confidence = blind.image[0].to(rgb.device), blind.kernels[0], float(blind.confidence[0])
+                    rgb = blind.image[0].to(rgb.device)
 
                 # 5. pad to multiples of 64 (reflect) and draw the noise for the whole image once, so tiling does
                 # not change the random draw
@@ -648,18 +633,18 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 pre_img, residual, motion = self._deblur_tiled(
                     x, noise, text, tile_plan[idx], fidelity, num_inference_steps, guidance_scale, step_cb, on_tile
                 )
-                pre_img, motion = pre_img[..., :h, :w], motion[..., : -(-h // 8), : -(-w // 8)]
+                pre_img, motion = pre_img[..., :h, :w], motion[0, :, : -(-h // 8), : -(-w // 8)]
                 out_img = pre_img if residual is None else pre_img + (1.0 - fidelity) * residual[..., :h, :w]
                 del residual
 
                 # 7. output in the input's layout; the motion field is the estimated kernel's when there is one
                 images.append(_finish_image(out_img[0].float().cpu(), info, output_type))
                 prerecons.append(_finish_image(pre_img[0].float().cpu(), info, output_type))
-                if kernel is not None:
-                    motion = self.kernel_motion_field(kernel, h, w)
-                    kernels.append(kernel.float().cpu())
-                    confidences.append(confidence)
-                motions.append(motion[0].float().cpu() if motion.dim() == 4 else motion)
+                if blind is not None:  # one uniform kernel: the same vector in every 8-px cell
+                    motion = blind.motion[0].to(motion)[:, None, None].expand_as(motion)
+                    kernels.append(blind.kernels[0].float().cpu())
+                    confidences.append(float(blind.confidence[0]))
+                motions.append(motion.float().cpu().contiguous())
 
         self.maybe_free_model_hooks()
         kernels = kernels if use_blind else None

@@ -36,11 +36,13 @@ from diffusers.utils import BaseOutput
 @dataclass
 class BlindDeconvolutionOutput(BaseOutput):
     """``image`` ``[B,3,H,W]`` deconvolved (blended with the input by ``confidence``); ``kernels`` ``[B,K,K]`` the
-    estimated PSF of each image (centred, sums to 1); ``confidence`` ``[B]`` in [0, 1] (0 = left as it was)."""
+    estimated PSF of each image (centred, sums to 1); ``confidence`` ``[B]`` in [0, 1] (0 = left as it was);
+    ``motion`` ``[B, 3]`` each kernel's motion encoding (DESIGN.md: ``d cos 2θ, d sin 2θ, length``)."""
 
     image: torch.Tensor
     kernels: torch.Tensor
     confidence: torch.Tensor
+    motion: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,6 +74,7 @@ def periodic_pad(x, pad_h, pad_w):
     return x
 
 
+# Copied from glow.data.kernels._fast_len (this file must not import glow)
 def fast_size(n):
     """Smallest 2^a 3^b 5^c >= n: FFT sizes with small prime factors are several times faster."""
     best = 1 << max(n - 1, 1).bit_length()
@@ -169,19 +172,33 @@ def resize_kernel(kernel, size):
     return out / out.sum().clamp_min(1e-12)
 
 
-def kernel_moments(kernel):
-    """``[k, k]`` -> (length along the main axis ``sqrt(12 λ1)``, across it ``sqrt(12 λ2)``, angle of the main axis
-    in radians, x right / y down)."""
+def kernel_covariance(kernel):
+    """Second moments ``(cxx, cyy, cxy)`` of a ``[k, k]`` PSF about its centroid (x right, y down)."""
     k = kernel.shape[-1]
     p = kernel / kernel.sum().clamp_min(1e-12)
     idx = torch.arange(k, device=kernel.device, dtype=kernel.dtype)
     ys, xs = idx.view(k, 1), idx.view(1, k)
     mx, my = (p * xs).sum(), (p * ys).sum()
-    cxx, cyy, cxy = (p * (xs - mx) ** 2).sum(), (p * (ys - my) ** 2).sum(), (p * (xs - mx) * (ys - my)).sum()
+    return (p * (xs - mx) ** 2).sum(), (p * (ys - my) ** 2).sum(), (p * (xs - mx) * (ys - my)).sum()
+
+
+def kernel_moments(kernel):
+    """``[k, k]`` -> (length along the main axis ``sqrt(12 λ1)``, across it ``sqrt(12 λ2)``, angle of the main axis
+    in radians, x right / y down)."""
+    cxx, cyy, cxy = kernel_covariance(kernel)
     root = torch.sqrt((cxx - cyy) ** 2 + 4 * cxy**2)
     lam1, lam2 = 0.5 * (cxx + cyy + root), 0.5 * (cxx + cyy - root)
     angle = 0.5 * torch.atan2(2 * cxy, cxx - cyy)
     return float(torch.sqrt(12 * lam1.clamp_min(0))), float(torch.sqrt(12 * lam2.clamp_min(0))), float(angle)
+
+
+# Copied from glow.data.motion.covariance_to_motion, on kernel_covariance (this file must not import glow)
+def kernel_motion(kernel):
+    """``[k, k]`` PSF -> ``[3]`` motion encoding of DESIGN.md: ``d cos 2θ, d sin 2θ, length``."""
+    cxx, cyy, cxy = kernel_covariance(kernel.float())
+    trace = (cxx + cyy).clamp_min(1e-8)
+    lam1 = 0.5 * (cxx + cyy + torch.sqrt((cxx - cyy) ** 2 + 4 * cxy * cxy))
+    return torch.stack([(cxx - cyy) / trace, 2 * cxy / trace, torch.sqrt(12.0 * lam1.clamp_min(0))])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,6 +216,11 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             latent/kernel alternations per level.
         kernel_tikhonov: weight of ``||k||^2`` in the kernel step (relative to the gradient energy).
         kernel_threshold: kernel values below this fraction of the maximum are cut.
+        kernel_lowpass: the kernel step weights frequency f by ``exp(-(2 pi kernel_lowpass f)^2)`` (px): at 1% noise
+            the unweighted step gave noise-filled kernels (docs/deconvolution.md).
+        edge_pixels: per kernel pixel, how many salient latent edges per orientation the kernel step keeps.
+        rank_weight: prior weight of the deconvolution that ranks the kernel-size hypotheses.
+        excess_range: ``spectral_excess`` below the first value keeps full confidence, above the second none.
         linear_light: estimate on linear-light luminance instead of sRGB.
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
             the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``).
@@ -225,8 +247,6 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         kernel_tikhonov: float = 2.0,
         kernel_cg_iterations: int = 10,
         kernel_lowpass: float = 1.5,
-        refine_iterations: int = 0,
-        refine_lowpass: float = 0.0,
         edge_pixels: float = 20.0,
         kernel_threshold: float = 0.05,
         linear_light: bool = False,
@@ -271,7 +291,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
                 break
         return size, picks
 
-    def _l0_latent(self, blurry_f, kernel_otf, dx_otf, dy_otf, shape, lam, init=None, clipped=None, blurry=None):
+    def _l0_latent(self, blurry_f, kernel_otf, dx_otf, dy_otf, shape, lam, clipped=None, blurry=None):
         """min_S ||k*S - B||^2 + lam ||grad S||_0 by half-quadratic splitting (beta doubling): each step thresholds
         the gradients (L0 proximal map) and solves the quadratic in the Fourier domain. ``clipped`` pixels of
         ``blurry`` are missing data: a clipped value only says "at least this bright", so each step replaces it by
@@ -280,7 +300,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         num = torch.conj(kernel_otf) * blurry_f
         den_k = kernel_otf.real**2 + kernel_otf.imag**2
         den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
-        latent = torch.fft.irfft2(blurry_f, s=shape) if init is None else init
+        latent = torch.fft.irfft2(blurry_f, s=shape)
         beta = 2 * lam
         while beta < cfg.hqs_beta_max:
             if clipped is not None:
@@ -312,9 +332,11 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             thr = min(thr, float(kth))
         return 0.0 if thr == float("inf") else thr
 
-    def _kernel_step(self, latent, blurry, mask, kernel, threshold=0.0, lowpass=None, support=None):
-        """Least-squares kernel in the gradient domain, ``min_k sum_d ||m (d S * k - d B)||^2 + t ||k||^2`` with the
-        mask m applied to both gradients (clipped pixels out), by conjugate gradients on the k x k support."""
+    def _kernel_step(self, latent, blurry_grad_f, mask, weight, kernel, threshold=0.0):
+        """Least-squares kernel in the gradient domain, ``min_k sum_d ||w (m d S * k - m d B)||^2 + t ||k||^2`` by
+        conjugate gradients on the k x k support. ``blurry_grad_f``: the rfft2 of the masked gradients of B (fixed
+        per pyramid level); m the mask (clipped pixels and the padding out); ``weight`` the frequency weighting
+        (low frequencies up: noise lives at high ones; applied to both sides, so it does not bias the kernel)."""
         cfg = self.config
         k = kernel.shape[-1]
         shape = latent.shape[-2:]
@@ -322,25 +344,16 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         if threshold > 0:  # only the salient edges of the latent image (weak ones carry mostly noise)
             strong = (sx * sx + sy * sy) >= threshold**2
             sx, sy = sx * strong, sy * strong
-        bx, by = grad_x(blurry) * mask, grad_y(blurry) * mask
         sxf, syf = torch.fft.rfft2(sx), torch.fft.rfft2(sy)
-        gram = sxf.real**2 + sxf.imag**2 + syf.real**2 + syf.imag**2
-        cross = torch.conj(sxf) * torch.fft.rfft2(bx) + torch.conj(syf) * torch.fft.rfft2(by)
-        lowpass = cfg.kernel_lowpass if lowpass is None else lowpass
-        if lowpass > 0:  # weight low frequencies: noise lives at high ones (unbiased: both sides)
-            fy = torch.fft.fftfreq(shape[0], device=latent.device).view(-1, 1)
-            fx = torch.fft.rfftfreq(shape[1], device=latent.device).view(1, -1)
-            wgt = torch.exp(-((2 * math.pi * lowpass) ** 2) * (fx * fx + fy * fy))
-            gram, cross = gram * wgt, cross * wgt
+        gram = (sxf.real**2 + sxf.imag**2 + syf.real**2 + syf.imag**2) * weight
+        cross = (torch.conj(sxf) * blurry_grad_f[0] + torch.conj(syf) * blurry_grad_f[1]) * weight
         rhs = otf2psf(cross, shape, k)
-        sup = torch.ones_like(kernel) if support is None else support.to(kernel.dtype)
-        rhs = rhs * sup
         tik = cfg.kernel_tikhonov
 
         def apply(v):
-            return (otf2psf(gram * psf2otf(v, shape), shape, k) + tik * v) * sup
+            return otf2psf(gram * psf2otf(v, shape), shape, k) + tik * v
 
-        x = kernel.clone() * sup
+        x = kernel.clone()
         r = rhs - apply(x)
         p = r.clone()
         rs = (r * r).sum()
@@ -403,22 +416,19 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             if float(sat.max()) > 0:
                 clipped = torch.zeros(shape, device=b.device, dtype=torch.bool)
                 clipped[: b.shape[-2], : b.shape[-1]] = sat > 0.5
+            blurry_grad_f = (torch.fft.rfft2(grad_x(bp) * mask), torch.fft.rfft2(grad_y(bp) * mask))
+            fy = torch.fft.fftfreq(shape[0], device=b.device, dtype=b.dtype).view(-1, 1)
+            fx = torch.fft.rfftfreq(shape[1], device=b.device, dtype=b.dtype).view(1, -1)
+            weight = torch.exp(-((2 * math.pi * cfg.kernel_lowpass) ** 2) * (fx * fx + fy * fy))
             lam = cfg.lambda_grad
-            latent, threshold = None, None
+            threshold = None
             for _ in range(cfg.iterations):
                 latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
                 if threshold is None:
                     threshold = self._edge_threshold(latent * mask, cfg.edge_pixels * ks) if cfg.edge_pixels > 0 else 0
-                kernel = self._kernel_step(latent, bp, mask, kernel, threshold)
+                kernel = self._kernel_step(latent, blurry_grad_f, mask, weight, kernel, threshold)
                 lam = max(lam / 1.1, cfg.lambda_min)
                 threshold /= 1.1
-        # refine at full resolution on the found support (dilated), without the low-pass weighting: the low-pass
-        # keeps noise out of the search but leaves the kernel a few px too thick (iterative support detection)
-        for _ in range(cfg.refine_iterations):
-            support = F.max_pool2d((kernel > 0).to(kernel.dtype)[None, None], 3, stride=1, padding=1)[0, 0] > 0
-            latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
-            kernel = self._kernel_step(latent, bp, mask, kernel, threshold, lowpass=cfg.refine_lowpass, support=support)
-        latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
         return kernel
 
     @staticmethod
@@ -579,7 +589,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
                 outs.append(img)
             kernels.append(kernel)
             confs.append(conf)
-        result = (torch.stack(outs), torch.stack(kernels), image.new_tensor(confs))
+        kernels = torch.stack(kernels)
+        motion = torch.stack([kernel_motion(k) for k in kernels])
+        result = (torch.stack(outs), kernels, image.new_tensor(confs), motion)
         if not return_dict:
             return result
         return BlindDeconvolutionOutput(*result)
