@@ -111,6 +111,15 @@ def test_the_search_runs_on_the_most_edge_rich_region_only():
     assert 350 - 40 <= y0 <= 550 - 192 + 40 and 20 - 40 <= x0 <= 220 - 192 + 40, (y0, x0)
 
 
+@pytest.mark.parametrize("shape", [(20, 300), (40, 64), (64, 300)])
+def test_small_photos_get_a_kernel_smaller_than_themselves(shape):
+    """The default settings (kernels up to 75 px) on photos narrower than the kernel: no error, a valid kernel."""
+    photo = torch.nn.functional.interpolate(scene(seed=1)[None], size=shape, mode="bilinear")[0]
+    out = BlindDeconvolution(kernel_sizes=(31, 75), iterations=2)(photo[None])
+    assert out.image.shape == photo[None].shape and torch.isfinite(out.image).all()
+    assert abs(float(out.kernels[0].sum()) - 1) < 1e-4
+
+
 def test_motion_encoding_of_the_kernel_matches_the_simulator_encoding():
     """kernel_motion is a copy (the component file cannot import glow): it must agree with the original."""
     for kernel in (camera_shake_kernel(np.random.default_rng(0), extent=20.0)[0], linear_kernel(9.0, 1.0)):

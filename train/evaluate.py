@@ -34,6 +34,8 @@ Rows (--ablations all|none|comma list; "input" and "full" are always included):
   no_motion      without motion guidance: the estimated motion field is replaced by zeros (the simulator's encoding of
                  "no blur") and the Wiener branch receives the blurry input unchanged instead of its deconvolution.
                  The pipeline has no switch for this, so evaluate.py patches the two component calls for this row.
+  no_deconv      the networks on the blurry photo, without the per-photo blind deconvolution (deconvolve=False)
+  deconv_only    the blind deconvolution component alone (pipe.blind_deconvolution), no networks
   semantic       with semantic guidance: a degradation prompt instead of the default empty prompt (the prompt
                  dropout mode of training). The prompt is the source's own description when it has one (synthetic:
                  the simulator's description of the blur it applied — an oracle; frames: the dataset's text), else
@@ -77,6 +79,8 @@ ROWS = {
     "full": ("full model (defaults)", {}),
     "prerecon": ("pre-reconstruction only (fidelity=1)", {"fidelity": 1.0}),
     "no_motion": ("without motion guidance", {"motion_guidance": False}),
+    "no_deconv": ("without blind deconvolution (deconvolve=False)", {"deconvolve": False}),
+    "deconv_only": ("blind deconvolution alone (no networks)", {"networks": False}),
     "semantic": ("with semantic guidance (degradation prompt)", {"prompt": SOURCE_PROMPT}),
     "steps1": ("1 step", {"num_inference_steps": 1}),
     "steps2": ("2 steps", {"num_inference_steps": 2}),
@@ -302,6 +306,8 @@ def without_motion_guidance(pipe):
 def call_kwargs(overrides: dict, sample: Sample, args) -> dict:
     kwargs = dict(overrides)
     kwargs.pop("motion_guidance", None)
+    if kwargs.pop("networks", True) is False:
+        kwargs["networks"] = False  # run_pipeline calls the blind deconvolution component alone
     if kwargs.get("prompt") is SOURCE_PROMPT:
         kwargs["prompt"] = sample.text or args.prompt
     return kwargs
@@ -309,6 +315,10 @@ def call_kwargs(overrides: dict, sample: Sample, args) -> dict:
 
 def run_pipeline(pipe, blurry: torch.Tensor, kwargs: dict, motion_guidance: bool, seed: int) -> torch.Tensor:
     """One pipeline call on one image -> `[3, H, W]` float in [0, 1]."""
+    if kwargs.get("networks") is False:
+        if pipe.blind_deconvolution is None:
+            return blurry.float().clamp(0, 1)
+        return pipe.blind_deconvolution(blurry[None].float()).image[0].clamp(0, 1)
     generator = torch.Generator().manual_seed(seed)
     with without_motion_guidance(pipe) if not motion_guidance else contextlib.nullcontext():
         output = pipe(blurry, generator=generator, output_type="pt", **kwargs)
