@@ -57,6 +57,9 @@ def run_one(args):
         t0 = time.perf_counter()
         pipe.blind_deconvolution.deconvolve(rgb, kernel)
         blind["deconvolve_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pipe.blind_deconvolution.confidence_map(rgb, kernel)
+        blind["confidence_map_s"] = time.perf_counter() - t0
         del rgb
     t0, c0 = time.perf_counter(), time.process_time()
     out = pipe(image, generator=torch.Generator().manual_seed(0), output_type="np", **_call_kwargs(args))
@@ -164,7 +167,7 @@ def main():
         print(f"{r['size']:>11s} ({r['megapixels']:.1f} MP): {r['seconds']:7.1f} s = {r['s_per_mp']:.2f} s/MP wall ({r['cpu_s_per_mp']:.2f} CPU-s/MP), "
               f"peak RSS {r['peak_rss_mb']:.0f} MB (after loading: {r['rss_after_load_mb']:.0f} MB)"
               + (f"; blind deconvolution alone: kernel estimate {r['estimate_s']:.1f} s, deconvolution "
-                 f"{r['deconvolve_s']:.1f} s" if "estimate_s" in r else ""))
+                 f"{r['deconvolve_s']:.1f} s, confidence map {r['confidence_map_s']:.1f} s" if "estimate_s" in r else ""))
     if not args.skip_components:
         components(args)
     print(f"load after: {os.getloadavg()}")

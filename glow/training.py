@@ -685,8 +685,10 @@ def run_validation(pipeline, module: GLOWTrainingModule, samples: list[dict], de
 
 
 def pipeline_restore(pipeline, blurry: torch.Tensor, generator) -> torch.Tensor:
-    """Runs the pipeline at its default settings (no prompt, as a user would) on one [3,H,W] image."""
-    out = pipeline(image=blurry, generator=generator, output_type="pt")
+    """Runs the pipeline at its default settings (no prompt, as a user would) on one [3,H,W] image, without the
+    blind deconvolution: it has no weights, so training cannot change it, and the networks are still trained on
+    blurry inputs (curves stay comparable with the runs before it existed)."""
+    out = pipeline(image=blurry, generator=generator, output_type="pt", deconvolve=False)
     return out.images[0][:3].float().cpu().clamp(0, 1)
 
 

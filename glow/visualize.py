@@ -155,21 +155,28 @@ def draw_motion_field(
     return canvas
 
 
-def _draw_kernel(canvas: Image.Image, kernel) -> None:
-    """The estimated PSF as an inset: cropped to its support, square-root scaled so faint tails show, enlarged to
-    about a fifth of the shorter side, framed."""
+def kernel_picture(kernel, side: int) -> Image.Image | None:
+    """An estimated PSF ``[K, K]`` as a ``side`` px RGB picture: cropped to its support, square-root scaled so
+    faint tails show, enlarged without smoothing. None for an empty kernel."""
     if hasattr(kernel, "detach"):  # torch tensor, without importing torch here
         kernel = kernel.detach().float().cpu().numpy()
     k = np.nan_to_num(np.asarray(kernel, np.float32))
     if k.ndim != 2 or k.max() <= 0:
-        return
+        return None
     ys, xs = np.nonzero(k > 0)
     c = k.shape[0] // 2
     r = max(2, int(max(np.abs(ys - c).max(), np.abs(xs - c).max())) + 1)
     k = k[max(0, c - r) : c + r + 1, max(0, c - r) : c + r + 1]
     picture = Image.fromarray((np.sqrt(k / k.max()) * 255 + 0.5).astype(np.uint8), "L")
+    return picture.resize((side, side), Image.NEAREST).convert("RGB")
+
+
+def _draw_kernel(canvas: Image.Image, kernel) -> None:
+    """The kernel as a framed inset in the bottom-left corner, about a fifth of the shorter side."""
     side = max(24, min(canvas.width, canvas.height) // 5)
-    picture = picture.resize((side, side), Image.NEAREST).convert("RGB")
+    picture = kernel_picture(kernel, side)
+    if picture is None:
+        return
     margin = max(4, side // 12)
     box = (margin, canvas.height - side - margin)
     ImageDraw.Draw(canvas).rectangle((box[0] - 2, box[1] - 2, box[0] + side + 1, box[1] + side + 1),

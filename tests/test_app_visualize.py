@@ -69,3 +69,20 @@ def test_colour_wheel_and_description():
     assert "varies across the image" in describe_motion_field(left_right)
     with pytest.raises(ValueError, match="shape"):
         draw_motion_field(Image.new("RGB", (8, 8)), np.zeros((2, 1, 1)))
+
+
+def test_kernel_inset_shows_the_kernel_in_the_corner():
+    """A horizontal streak kernel is drawn bottom-left as a horizontal white bar; the rest of the picture is the
+    same as without it."""
+    grey = Image.new("RGB", (200, 150), (128, 128, 128))
+    field = _uniform_field(200, 150, 0.0, 1.0, 15.0)
+    kernel = linear_kernel(15.0, 0.0)
+    with_inset = np.asarray(draw_motion_field(grey, field, kernel=kernel, legend=False), np.int16)
+    without = np.asarray(draw_motion_field(grey, field, legend=False), np.int16)
+    side = 150 // 5
+    changed = np.nonzero(np.abs(with_inset - without).sum(-1) > 0)
+    assert changed[0].min() >= 150 - side - 2 * 4 and changed[1].max() <= side + 2 * 4  # only the corner
+    inset = with_inset[150 - side - 4 : 150 - 4, 4 : side + 4].mean(-1)  # margin 4 px, inside the frame
+    bright_rows = np.nonzero((inset > 200).sum(1) > side // 2)[0]
+    bright_cols = np.nonzero((inset > 200).sum(0) > side // 2)[0]
+    assert len(bright_rows) > 0 and len(bright_cols) == 0  # a horizontal bar, not a vertical one

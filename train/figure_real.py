@@ -4,9 +4,10 @@
     python train/figure_real.py --model glow/default_model --input ../shared/data/real_blurry \
         --out docs/real_photos.png
 
-Each row: the blurry crop, the pre-reconstruction (fidelity 1) and the full pipeline at each of `--steps` (default:
-its 1-step default), with
-scikit-image's no-reference `blur_effect` of each crop (lower = sharper). The crop is the `--crop` px window with the
+Each row: the blurry crop, the networks alone (`deconvolve=False`, the pipeline before blind deconvolution), the full
+pipeline at each of `--steps` (default: its 1-step default), and the blur kernel estimated for the photo (with the
+share of its deconvolution that was applied), with scikit-image's no-reference `blur_effect` of each crop (lower =
+sharper). The crop is the `--crop` px window with the
 most gradient energy in the blurry photo (deterministic, chosen before deblurring), so the figure shows detail,
 not sky. The whole photo is deblurred (tiles and all), then cropped.
 """
@@ -24,6 +25,7 @@ import glow  # noqa: E402
 from glow import metrics  # noqa: E402
 from glow.data.datasets import list_images  # noqa: E402
 from glow.io import load_image  # noqa: E402
+from glow.visualize import kernel_picture  # noqa: E402
 
 LABEL_H = 18
 
@@ -72,20 +74,25 @@ def main(argv=None) -> int:
         blurry = load_image(path).convert("RGB")
         y, x = busiest_window(np.asarray(blurry.convert("L")), args.crop)
         box = (x, y, x + min(args.crop, blurry.width), y + min(args.crop, blurry.height))
-        columns = [("blurry", blurry)]
+        networks = pipe(blurry, deconvolve=False, generator=torch.Generator().manual_seed(args.seed))
+        columns = [("blurry", blurry), ("networks only", networks.images[0])]
         for steps in (int(s) for s in args.steps.split(",")):
-            # every call also returns its pre-reconstruction (= the fidelity-1 output): taken from the first one
             out = pipe(blurry, num_inference_steps=steps, generator=torch.Generator().manual_seed(args.seed))
-            if len(columns) == 1:
-                columns.append(("pre-reconstruction", out.prereconstructions[0]))
             columns.append((f"GLOWDeblur {steps} step{'s' if steps > 1 else ''}", out.images[0]))
         tiles = []
         for name, image in columns:
             crop = image.crop(box)
             tiles.append(labelled(crop, f"{name}  blur {metrics.blur_effect(np.asarray(crop)):.3f}"))
-        row = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), tiles[0].height), "white")
-        for i, tile in enumerate(tiles):
-            row.paste(tile, (i * (tile.width + 4), 0))
+        if out.kernels:
+            side = box[3] - box[1]
+            tiles.append(labelled(kernel_picture(out.kernels[0], side) or Image.new("RGB", (side, side)),
+                                  f"kernel, applied {out.blur_confidences[0]:.0%}"))
+        row = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), max(t.height for t in tiles)),
+                        "white")
+        left = 0
+        for tile in tiles:
+            row.paste(tile, (left, 0))
+            left += tile.width + 4
         rows.append(labelled(row, f"{path.name} ({blurry.width}x{blurry.height}), crop at x={x}, y={y}"))
         print(f"{path.name}: crop {box}", flush=True)
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 6 for r in rows)), "white")

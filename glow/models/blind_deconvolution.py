@@ -221,6 +221,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             the unweighted step gave noise-filled kernels (docs/deconvolution.md).
         edge_pixels: per kernel pixel, how many salient latent edges per orientation the kernel step keeps.
         spectral_ratio_range: ``spectral_ratio`` below the first value keeps full confidence, above the second none.
+        gate_tile: tile size (px, estimation scale) of ``confidence_map``; 0 = deconvolve the whole photo alike.
         linear_light: estimate on linear-light luminance instead of sRGB.
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
             the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``).
@@ -257,6 +258,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         full_blur_length: float = 4.0,
         saturation: float = 0.97,
         spectral_ratio_range: tuple = (0.25, 0.5),
+        gate_tile: int = 192,
     ):
         super().__init__()
         # the channel weights of the luminance the kernel is estimated on; the component's only tensor (diffusers
@@ -556,16 +558,55 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             beta *= 2.5
         return x[:, :h, :w]
 
+    @torch.no_grad()
+    def confidence_map(self, image, kernel):
+        """Where does the one kernel hold? ``[3,H,W]`` -> ``[H,W]`` in [0, 1]: ``spectral_ratio`` of the kernel on
+        ``gate_tile`` px tiles of the luminance (at the estimation scale), mapped through ``spectral_ratio_range``
+        and interpolated smoothly. Static background beside a moving subject, or a rotation, gives tiles the kernel
+        does not explain; they keep the photo as it was."""
+        cfg = self.config
+        lum = luminance(image[None].float(), self.luma_weights.to(image.device))
+        h, w = lum.shape[-2:]
+        down = min(1.0, cfg.estimation_max_side / max(h, w))
+        if down < 1.0:
+            lum = F.interpolate(lum, scale_factor=down, mode="bilinear", antialias=True, align_corners=False)
+            kernel = resize_kernel(kernel, max(3, int(round(kernel.shape[-1] * down)) | 1))
+        saturated = (lum >= cfg.saturation).to(lum.dtype)
+        tile = cfg.gate_tile
+        nz = torch.nonzero(kernel > 0)
+        r = int((nz - kernel.shape[-1] // 2).abs().max()) if len(nz) else 0
+        c = kernel.shape[-1] // 2
+        kernel = kernel[c - r : c + r + 1, c - r : c + r + 1]  # its support: must fit in half a tile
+        lh, lw = lum.shape[-2:]
+        if min(lh, lw) < tile or 2 * r + 1 > tile // 2:
+            return torch.ones(h, w, device=image.device)
+        ys = torch.linspace(0, lh - tile, max(1, round(lh / tile))).round().long().tolist()
+        xs = torch.linspace(0, lw - tile, max(1, round(lw / tile))).round().long().tolist()
+        lo, hi = cfg.spectral_ratio_range
+        grid = torch.zeros(len(ys), len(xs), device=image.device)
+        for i, y0 in enumerate(ys):
+            for j, x0 in enumerate(xs):
+                ratio = self.spectral_ratio(lum[0, 0, y0 : y0 + tile, x0 : x0 + tile], kernel,
+                                            saturated[0, 0, y0 : y0 + tile, x0 : x0 + tile])
+                grid[i, j] = min(1.0, max(0.0, (hi - ratio) / (hi - lo)))
+        return F.interpolate(grid[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+
     # ------------------------------------------------------------------ both
     @torch.no_grad()
     def forward(self, image, return_dict=True):
-        """``[B,3,H,W]`` sRGB in [0, 1] -> deconvolved images, kernels, confidences (one uniform kernel per image)."""
+        """``[B,3,H,W]`` sRGB in [0, 1] -> deconvolved images, kernels, confidences (one uniform kernel per image;
+        with ``gate_tile`` > 0 applied only where it explains the photo, see ``confidence_map``)."""
         outs, kernels, confs = [], [], []
         for img in image:
             kernel, conf, _ = self.estimate_kernel(img)
             if conf > 0:
                 sharp = self.deconvolve(img, kernel)
-                outs.append((conf * sharp + (1 - conf) * img.float()).clamp(0, 1).to(image.dtype))
+                if self.config.gate_tile > 0:
+                    conf_map = conf * self.confidence_map(img, kernel)
+                    conf = float(conf_map.mean())
+                else:
+                    conf_map = conf
+                outs.append((conf_map * sharp + (1 - conf_map) * img.float()).clamp(0, 1).to(image.dtype))
             else:
                 outs.append(img)
             kernels.append(kernel)
