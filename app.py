@@ -53,6 +53,7 @@ MAX_STEPS = 4  # the pipeline is trained for 1-4 flow-matching steps
 DEFAULT_STEPS = 1
 DEFAULT_FIDELITY = 0.0
 DEFAULT_SEED = 0
+DEFAULT_DECONVOLVE = True
 
 
 def load_pipeline():
@@ -102,7 +103,7 @@ def estimate_tiles(width: int, height: int, tile_size: int | None, tile_overlap:
 
 @spaces.GPU(duration=60)
 def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int, tile_overlap: int,
-                 guidance_scale: float, progress=gr.Progress()):
+                 guidance_scale: float, deconvolve: bool = True, progress=gr.Progress()):
     """Deblur one RGB image (PIL, or float HxWx3 for 16-bit files). Returns (deblurred PIL, motion field
     [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles used, tile size used, seconds in the model)."""
     pipe = get_pipeline()
@@ -137,6 +138,7 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
         num_inference_steps=steps,
         fidelity=fidelity,
         guidance_scale=guidance_scale,
+        deconvolve=deconvolve,
         generator=torch.Generator().manual_seed(seed),
         tile_size=tile_size,
         tile_overlap=tile_overlap,
@@ -281,12 +283,14 @@ def save_png(image: Image.Image, name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The event handler (also the /deblur API)
 # ---------------------------------------------------------------------------------------------------------------
-def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress=gr.Progress()):
+def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve=True,
+           progress=gr.Progress()):
     """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report).
 
     Every failure reaches the page as a gr.Error with a readable message, never a stack trace (the log keeps it)."""
     try:
-        return _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress)
+        return _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve,
+                       progress)
     except gr.Error:
         raise
     except (MemoryError, torch.OutOfMemoryError):
@@ -298,7 +302,7 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
         raise gr.Error(f"Deblurring failed: {type(e).__name__}: {str(e)[:300]}", title="Deblurring failed") from None
 
 
-def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, progress):
+def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve, progress):
     started = time.perf_counter()
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
@@ -315,7 +319,7 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
     progress(0.05, desc="Estimating motion and deblurring")
     restored, motion, prerecon, tiles, tile_size, model_s, kernel, confidence = run_pipeline(
         rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
-        guidance_scale, progress)
+        guidance_scale, deconvolve is not False, progress)
 
     progress(0.95, desc="Saving")
     if tiles > 1:
@@ -396,13 +400,16 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
                                          info="Tiles are blended over this overlap (no seams).")
                 guidance_scale = gr.Slider(1.0, 5.0, value=1.0, step=0.5, label="Text guidance scale",
                                            info="> 1 follows the scene description more strongly (twice the work).")
+            deconvolve = gr.Checkbox(value=DEFAULT_DECONVOLVE, label="Estimate and remove this photo's blur kernel",
+                                     info="Best on camera shake; adds about 5 s. Off: the networks alone (faster; "
+                                          "they only denoise and clean up).")
             run = gr.Button("Deblur", variant="primary", elem_id="deblur-btn")
         with gr.Column(scale=2, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="before-after", max_height=640)
             with gr.Row():
                 motion_view = gr.Image(label="Estimated motion field", type="pil", elem_id="motion-field",
                                        interactive=False)
-                prerecon_view = gr.Image(label="Pre-reconstruction (motion-guided deconvolution)", type="pil",
+                prerecon_view = gr.Image(label="Pre-reconstruction (deconvolution + U-Net)", type="pil",
                                          elem_id="prereconstruction", interactive=False)
             gr.Markdown(MOTION_HELP)
             download = gr.File(label="Full-resolution PNG", elem_id="download", interactive=False)
@@ -416,7 +423,7 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
 
     run.click(
         deblur,
-        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale],
+        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve],
         outputs=[slider, motion_view, prerecon_view, download, report],
         api_name="deblur",
         # Raw input payloads: the upload reaches glow.io.load_image untouched (Gradio's own decoding would turn a

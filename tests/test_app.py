@@ -116,12 +116,14 @@ def _blurry(width=96, height=72, seed=0) -> Image.Image:
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 
-def _deblur(client, path, prompt="", fidelity=0.5, steps=1, seed=0, tile_size=0, tile_overlap=64, guidance_scale=1.0):
+def _deblur(client, path, prompt="", fidelity=0.5, steps=1, seed=0, tile_size=0, tile_overlap=64, guidance_scale=1.0,
+            deconvolve=True):
     from gradio_client import handle_file
 
     image = handle_file(str(path)) if path is not None else None
     return client.predict(image=image, prompt=prompt, fidelity=fidelity, steps=steps, seed=seed, tile_size=tile_size,
-                          tile_overlap=tile_overlap, guidance_scale=guidance_scale, api_name="/deblur")
+                          tile_overlap=tile_overlap, guidance_scale=guidance_scale, deconvolve=deconvolve,
+                          api_name="/deblur")
 
 
 def _check_good(client, tmp_path, size=(80, 64)):
@@ -161,8 +163,24 @@ def test_ui_defaults_match_the_pipeline(client):
     assert params["steps"]["parameter_default"] == defaults["num_inference_steps"].default
     assert params["fidelity"]["parameter_default"] == defaults["fidelity"].default
     assert params["guidance_scale"]["parameter_default"] == defaults["guidance_scale"].default
+    assert params["deconvolve"]["parameter_default"] == defaults["deconvolve"].default
     assert not params["image"]["parameter_has_default"]
     assert all(p["parameter_has_default"] for name, p in params.items() if name != "image")
+
+
+def test_deconvolve_switch_reaches_the_pipeline(client, tmp_path):
+    """The checkbox turns the per-photo kernel estimation off: a streaked photo then comes out differently, and only
+    the run with it on draws a kernel inset into the motion map."""
+    src = tmp_path / "streaks.png"
+    _blurry(256, 192, seed=3).save(src)
+    _, overlay_on, _, png_on, _ = _deblur(client, src, fidelity=1.0)
+    _, overlay_off, _, png_off, _ = _deblur(client, src, fidelity=1.0, deconvolve=False)
+    on, off = (np.asarray(Image.open(p).convert("RGB"), np.float32) for p in (png_on, png_off))
+    assert np.abs(on - off).max() > 0
+    a, b = (np.asarray(Image.open(p).convert("RGB"), np.float32) for p in (overlay_on, overlay_off))
+    h = a.shape[0]
+    corner = (slice(h - h // 5 - 8, h), slice(0, h // 5 + 8))
+    assert np.abs(a[corner] - b[corner]).max() > 0  # the kernel inset
 
 
 def test_fidelity_one_returns_the_prereconstruction(client, tmp_path):

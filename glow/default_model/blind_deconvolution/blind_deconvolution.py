@@ -534,13 +534,21 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         c0 = kernel.shape[-1] // 2
         kernel = kernel[c0 - r : c0 + r + 1, c0 - r : c0 + r + 1]
         shape = (fast_size(h + 2 * r + 2), fast_size(w + 2 * r + 2))
-        y = periodic_pad(image.float(), shape[0] - h, shape[1] - w)
         k_otf = psf2otf(kernel.float(), shape)
         dx_otf, dy_otf = gradient_otfs(shape, image.device, torch.float32)
         den_k = k_otf.real**2 + k_otf.imag**2
         den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
+        del dx_otf, dy_otf
+        # one channel at a time: a 12 MP photo's spectra are ~100 MB each, and each step holds several
+        return torch.stack([self._deconvolve_channel(channel, k_otf, den_k, den_g, shape, weight)
+                            for channel in image.float()])
+
+    def _deconvolve_channel(self, image, k_otf, den_k, den_g, shape, weight):
+        cfg = self.config
+        h, w = image.shape
+        y = periodic_pad(image, shape[0] - h, shape[1] - w)
         clipped = y >= cfg.saturation
-        has_clipped = bool(clipped[:, :h, :w].any())
+        has_clipped = bool(clipped[:h, :w].any())
         y_f = torch.fft.rfft2(y)
         x = y.clone()
         beta = weight * 4
@@ -548,15 +556,19 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             if has_clipped:  # missing data: a clipped pixel only says "at least this bright"
                 reblur = torch.fft.irfft2(torch.fft.rfft2(x) * k_otf, s=shape)
                 y_f = torch.fft.rfft2(torch.where(clipped, torch.maximum(reblur, y), y))
+                del reblur
             gx, gy = grad_x(x), grad_y(x)
             # shrinkage of a sparse (p < 1) prior, linearised around the current gradients (IRLS weight |g|^(p-1))
             for g in (gx, gy):
                 thr = (weight / beta) / (g.abs() + 0.01) ** 0.2
                 g.copy_(torch.sign(g) * (g.abs() - thr).clamp_min(0))
+                del thr
             num = torch.conj(k_otf) * y_f + beta * torch.fft.rfft2(grad_xt(gx) + grad_yt(gy))
+            del gx, gy
             x = torch.fft.irfft2(num / (den_k + beta * den_g), s=shape)
+            del num
             beta *= 2.5
-        return x[:, :h, :w]
+        return x[:h, :w]
 
     @torch.no_grad()
     def confidence_map(self, image, kernel):
