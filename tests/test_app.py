@@ -1,7 +1,7 @@
 """The web app, end to end: `python app.py` on a free port with a tiny random pipeline, driven through
-gradio_client (the documented /deblur API, the README snippet) and, with the `browser` marker, headless Chromium.
+gradio_client (the documented /deblur API, the API snippet of docs/app.md) and, with the `browser` marker, headless Chromium.
 
-Decisions checked here (also in the README, "Web app and API"):
+Decisions checked here (also in docs/app.md):
 - not an image, empty, truncated, too small (< 16 px), too large (> GLOW_MAX_MEGAPIXELS), no upload -> readable error;
 - 16-bit PNG (gray and colour, deblurred at full precision), CMYK JPEG, animated GIF (first frame), EXIF rotation,
   RGBA (alpha kept in the PNG download), grayscale (grayscale download) -> deblurred;
@@ -404,18 +404,17 @@ def test_missing_model_gives_a_readable_error_and_the_app_stays_up(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The README's API snippet, run for real
+# The documented API snippet (docs/app.md), run for real
 # ---------------------------------------------------------------------------------------------------------------
-def test_readme_api_snippet_runs(app_url, tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Web app and API", 1)[1].split("\n## ", 1)[0]
-    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+def test_documented_api_snippet_runs(app_url, tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "app.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", page, flags=re.S)
     snippet = next(s for s in snippets if "api_name=\"/deblur\"" in s)
     assert "http://127.0.0.1:7860/" in snippet and "blurry.jpg" in snippet
     _blurry(96, 64).save(tmp_path / "blurry.jpg")
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(snippet.replace("http://127.0.0.1:7860/", app_url), "README snippet", "exec"), namespace)
+    exec(compile(snippet.replace("http://127.0.0.1:7860/", app_url), "docs/app.md snippet", "exec"), namespace)
     assert (tmp_path / "deblurred.png").is_file()
     assert Image.open(tmp_path / "deblurred.png").size == (96, 64)
 
