@@ -1,10 +1,13 @@
 """Throughput of the BPP data engine on ONE core: 256x256 samples/s for the default mix and per blur kind.
 
     python benchmarks/bench_data.py [--n 200] [--per-kind 30] [--resolution 256] [--data ../shared/data]
+    python benchmarks/bench_data.py --device cuda --batch 64     # also: rendering on the training device
 
 Measures (1) the simulator alone on pre-loaded 256x256 crops, (2) each blur kind alone, and, when the shared data
 folder exists, (3) SharpFolderDataset end to end (decode + crop + simulate) and (4) FrameFolderDataset (decode k
 full 1280x720 frames + average). The machine load (`os.getloadavg`) is printed with the results.
+With `--device`, (5) the split that `--render_on_device` training uses: drawing a sample in a worker (`defer=True`)
+and rendering whole batches of `--batch` on the device (`glow.data.batched.render_batch`).
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=30)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--device", default=None, help="Also time rendering on this device (cpu, cuda).")
+    parser.add_argument("--batch", type=int, default=64, help="Batch size of the device rendering.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = Path(args.data) if Path(args.data).is_dir() else None
@@ -75,7 +80,36 @@ def main() -> None:
         wall, cpu = _rate(lambda i: fd[i], 10)
         print(f"FrameFolderDataset (k in 5..13 1280x720 JPEG frames averaged in linear light): "
               f"{wall:6.2f} samples/s wall, {cpu:6.2f} per CPU-s")
+    if args.device:
+        bench_device(sim, crops, args)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def bench_device(sim: BlurSimulator, crops: list[torch.Tensor], args) -> None:
+    from glow.data import collate
+    from glow.data.batched import render_batch
+
+    device = torch.device(args.device)
+    samples = [sim(crops[i % len(crops)], seed=i, defer=True) for i in range(4 * args.batch)]
+    deferred = [s for s in samples if "recipe" in s]
+    wall, cpu = _rate(lambda i: sim(crops[i % len(crops)], seed=i, defer=True), args.n)
+    print(f"\n--device {device}: drawing one sample in a worker (defer=True, default mix; spatial kinds are still "
+          f"rendered there): {wall:6.1f} samples/s wall, {cpu:6.1f} per CPU-s; "
+          f"{len(deferred) / len(samples):.0%} of the mix is deferred")
+    batch = collate(deferred[: args.batch])
+    tensors = [batch[k].to(device) for k in ("sharp", "recipe_kernel", "recipe")]
+    gen = torch.Generator(device).manual_seed(0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    render_batch(*tensors, gen)
+    sync()
+    start, cpu0, reps = time.perf_counter(), time.process_time(), max(3, args.n // args.batch)
+    for _ in range(reps):
+        render_batch(*tensors, gen)
+    sync()
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu0
+    n = reps * len(deferred[: args.batch])
+    print(f"rendering batches of {len(deferred[: args.batch])} on {device}: {n / wall_s:8.1f} samples/s wall"
+          + (f", {n / cpu_s:6.1f} per CPU-s" if device.type == "cpu" else ""))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
            '\'{"kind_weights": {"linear_motion": 1.0}, "linear_length": [3, 15], "p_noise": 0}\' '
            "(a narrower blur distribution, a different camera). Default: the full BPP mix.")
     a("--resolution", type=int, default=256, help="Square training crop size (multiple of 64).")
+    a("--render_on_device", action=argparse.BooleanOptionalAction, default=None,
+      help="Simulated global blur (shake, linear, defocus, gaussian; most of the mix) is drawn in the DataLoader "
+           "workers and rendered a batch at once on the training device (glow.data.batched). Default: on with a GPU.")
     a("--val_frames_holdout", type=int, default=60,
       help="Last N frames of each clip are held out for validation (never used for training).")
     a("--dataloader_num_workers", type=int, default=0)
@@ -103,6 +106,9 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
     a("--max_grad_norm", type=float, default=1.0)
     a("--max_train_steps", type=int, default=20000)
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="fp32 ('no') is fastest on CPU.")
+    a("--max_train_minutes", type=float, default=None,
+      help="Wall-clock budget: training stops early enough that the last checkpoint, validation and pipeline export "
+           "end within it (a lent GPU for a fixed time). --max_train_steps still applies.")
     a("--seed", type=int, default=0)
     # losses
     a("--diffusion_start_step", type=int, default=0 if finetune else 1000,
@@ -112,6 +118,10 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
     a("--kernel_loss_weight", type=float, default=0.1)
     a("--diffusion_loss_weight", type=float, default=1.0)
     a("--text_drop_prob", type=float, default=0.1, help="Probability of an empty prompt (classifier-free guidance).")
+    a("--text_embeddings", default=None,
+      help="Precomputed prompt embeddings (python -m glow.data.pack writes them) used instead of the text encoder, "
+           "for machines without it; a prompt not in the file trains as the empty prompt (logged as "
+           "text_fallback_share).")
     a("--weighting_scheme", default="few_step", choices=["few_step", "logit_normal", "uniform", "mode"],
       help="Flow-matching sigma sampling. few_step: exactly the sigmas the pipeline visits with 1..--max_inference_steps "
            "Euler steps (a step count, then one of its sigmas: sigma=1, the 1-step default, gets ~half the mass); "
@@ -140,6 +150,8 @@ def build_arg_parser(description: str, *, finetune: bool) -> argparse.ArgumentPa
     a("--num_validation_images", type=int, default=4)
     a("--validation_resolution", type=int, default=256)
     a("--validation_seed", type=int, default=1234)
+    a("--validate_at_start", action="store_true",
+      help="Also validate before the first step (a run from trained weights then logs where it started).")
     # Hub
     a("--push_to_hub", action="store_true")
     a("--hub_model_id", default=None)
@@ -166,6 +178,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
             parser.error(f"--simulator_config: {err}")
     if args.push_to_hub and args.hub_token is None:
         args.hub_token = os.environ.get("HF_TOKEN")
+    if args.render_on_device is None:
+        args.render_on_device = torch.cuda.is_available()
     args.local_rank = env_rank
     return args
 
@@ -244,6 +258,7 @@ def make_train_dataloader(dataset: Dataset, args, accelerator, start_step: int, 
                       collate_fn=collate_fn,
                       num_workers=args.dataloader_num_workers, worker_init_fn=seed_worker, drop_last=True,
                       persistent_workers=args.dataloader_num_workers > 0,
+                      pin_memory=accelerator.device.type == "cuda",  # then the copy to the GPU is asynchronous
                       prefetch_factor=4 if args.dataloader_num_workers > 0 else None)
 
 
@@ -313,12 +328,21 @@ def frame_sources(args, camera: bool = True) -> dict[str, Dataset]:
 class TextEmbeddingCache:
     """Encodes prompts with the frozen text encoder once and keeps the result (simulator prompts repeat a lot)."""
 
-    def __init__(self, encode_fn: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], max_entries: int = 50_000):
+    def __init__(self, encode_fn: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None,
+                 max_entries: int = 50_000, entries: dict | None = None):
+        """`encode_fn=None`: only the given `entries` (precomputed, e.g. `glow.data.pack.load_text_embeddings`);
+        any other prompt is replaced by the empty prompt, which must be among them, and counted in `fallbacks`."""
         self.encode_fn, self.max_entries = encode_fn, max_entries
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.hits = self.misses = 0
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(entries or {})
+        if encode_fn is None and "" not in self.cache:
+            raise ValueError("precomputed text embeddings must include the empty prompt")
+        self.hits = self.misses = self.fallbacks = 0
 
     def __call__(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encode_fn is None:
+            known = [p if p in self.cache else "" for p in prompts]
+            self.fallbacks += sum(p != k for p, k in zip(prompts, known))
+            prompts = known
         missing = sorted({p for p in prompts if p not in self.cache})
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
@@ -425,7 +449,9 @@ class EMAWeights:
         from diffusers.training_utils import EMAModel
 
         self.names = [n for n, _ in module.named_parameters()]
-        self.ema = EMAModel(module.parameters(), decay=decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+        # foreach: one fused update over all tensors instead of a few kernels per tensor (~300 tensors)
+        self.ema = EMAModel(module.parameters(), decay=decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
+                            foreach=True)
 
     def step(self, module: torch.nn.Module) -> None:
         self.ema.step(module.parameters())
@@ -569,7 +595,9 @@ def step_generator(seed: int, step: int, process_index: int, micro_step: int) ->
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 131 + process_index) * 17 + micro_step)
 
 
-def sample_diffusion_inputs(args, x0_shape, gen: torch.Generator):
+def sample_diffusion_inputs(args, x0_shape, gen: torch.Generator, device=None):
+    """(noise on `device`, sigmas on the CPU). On an accelerator the noise is drawn there, from a generator seeded by
+    `gen`'s seed: 12 M normal numbers per batch of 64 cost the main process ~50 ms on a CPU core, and a step waits."""
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
     if args.weighting_scheme == "few_step":
@@ -582,7 +610,11 @@ def sample_diffusion_inputs(args, x0_shape, gen: torch.Generator):
         sigmas = compute_density_for_timestep_sampling(args.weighting_scheme, x0_shape[0], logit_mean=args.logit_mean,
                                                        logit_std=args.logit_std, mode_scale=args.mode_scale,
                                                        generator=gen)
-    noise = torch.randn(x0_shape, generator=gen)
+    device = torch.device(device or "cpu")
+    if device.type == "cpu":
+        noise = torch.randn(x0_shape, generator=gen)
+    else:
+        noise = torch.randn(x0_shape, generator=torch.Generator(device).manual_seed(gen.initial_seed()), device=device)
     return noise, sigmas.clamp(1e-3, 1.0)
 
 
@@ -941,6 +973,8 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
     accelerator.register_load_state_pre_hook(load_hook)
     module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
     raw_module: GLOWTrainingModule = accelerator.unwrap_model(module)
+    if ema is not None:  # the shadow weights were made before prepare() moved the module to the accelerator
+        ema.ema.to(accelerator.device)
 
     global_step = 0
     resume_dir = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
@@ -948,6 +982,8 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
         logger.info("--resume_from_checkpoint %s: no checkpoint yet, starting from scratch", args.resume_from_checkpoint)
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
+        if ema is not None:
+            ema.ema.to(accelerator.device)
         global_step = json.loads((resume_dir / TRAINER_STATE_NAME).read_text())["global_step"]
         logger.info("resumed from %s at step %d", resume_dir, global_step)
         set_base_learning_rate(lr_scheduler, lr)
@@ -957,7 +993,15 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
     if report_to:
         accelerator.init_trackers(args.tracker_project_name, config={k: v for k, v in vars(args).items()
                                                                      if isinstance(v, (int, float, str, bool))})
-    text_cache = TextEmbeddingCache(make_prompt_encoder(pipeline, accelerator.device))
+    if args.text_embeddings:
+        from glow.data.pack import load_text_embeddings
+
+        entries = load_text_embeddings(args.text_embeddings)
+        text_cache = TextEmbeddingCache(None, entries=entries)
+        empty, empty_mask = entries[""]
+        pipeline._prompt_cache[""] = (empty[None], empty_mask[None])  # validation runs the pipeline unprompted
+    else:
+        text_cache = TextEmbeddingCache(make_prompt_encoder(pipeline, accelerator.device))
     val_samples = (load_validation_set(args.validation_data_dir, args.num_validation_images,
                                        args.validation_resolution, args.validation_seed)
                    if args.validation_data_dir and accelerator.is_main_process else [])
@@ -971,6 +1015,11 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     last_metrics: dict = {}
     last_validated_step = -1
+    # --max_train_minutes: stop when what is left of the budget would no longer cover one more validation and
+    # checkpoint (their last durations, doubled) plus the pipeline export
+    budget_s = args.max_train_minutes * 60.0 if args.max_train_minutes else None
+    run_start = time.perf_counter()
+    tail_s = {"validation": 0.0, "checkpoint": 0.0}
     def new_window():  # what one log line covers
         return {"start": time.perf_counter(), "cpu": time.process_time(), "data": 0.0, "samples": 0, "losses": {},
                 "count": 0}
@@ -981,11 +1030,13 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
 
     def checkpoint_now():
         nonlocal last_saved_step
+        t0 = time.perf_counter()
         save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
                         {"stage": stage, "metrics": last_metrics})
         last_saved_step = global_step
         if args.save_pipeline_at_checkpoint:
             export_pipeline()
+        tail_s["checkpoint"] = time.perf_counter() - t0
 
     def with_ema_weights(fn):
         if ema is None:
@@ -1010,6 +1061,7 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
     def validate():
         nonlocal last_metrics, last_validated_step
         last_validated_step = global_step
+        t_start = time.perf_counter()
         if accelerator.is_main_process and val_samples:
             t0 = time.perf_counter()
             metrics, grid = with_ema_weights(lambda: run_validation(pipeline, raw_module, val_samples,
@@ -1032,21 +1084,33 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
             logger.info("validation at step %d: %s", global_step,
                         ", ".join(f"{k[4:]}={v:.3f}" for k, v in metrics.items()))
         accelerator.wait_for_everyone()
+        tail_s["validation"] = time.perf_counter() - t_start
 
-    while global_step < args.max_train_steps and not stop:
+    if args.validate_at_start and args.validation_data_dir and global_step == 0:
+        validate()
+    out_of_time = False
+    while global_step < args.max_train_steps and not stop and not out_of_time:
         use_diffusion = global_step >= args.diffusion_start_step and raw_module.transformer is not None
         for micro_step in range(args.gradient_accumulation_steps):
             t_wait = time.perf_counter()
             batch = next(data_iter)
             window["data"] += time.perf_counter() - t_wait
+            pending = batch.pop("recipe_pending", None)  # stays on the CPU: no synchronisation to read it
             batch = {k: (v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v)
                      for k, v in batch.items()}
             gen = step_generator(args.seed, global_step, accelerator.process_index, micro_step)
+            if pending is not None:  # --render_on_device: blur, camera and JPEG for the whole batch here
+                from glow.data.batched import render_pending
+
+                batch["recipe_pending"] = pending
+                render_gen = torch.Generator(accelerator.device).manual_seed(gen.initial_seed() ^ 0x5EED)
+                with torch.no_grad():
+                    render_pending(batch, render_gen)
             bsz = batch["blurry"].shape[0]
             kwargs = {"use_diffusion": use_diffusion}
             if use_diffusion:
                 h, w = batch["blurry"].shape[-2:]
-                noise, sigmas = sample_diffusion_inputs(args, (bsz, 192, h // 8, w // 8), gen)
+                noise, sigmas = sample_diffusion_inputs(args, (bsz, 192, h // 8, w // 8), gen, accelerator.device)
                 drop = torch.rand(bsz, generator=gen) < args.text_drop_prob
                 prompts = ["" if d else t for d, t in zip(drop.tolist(), batch["text"])]
                 embeds, mask = text_cache(prompts, accelerator.device)
@@ -1060,8 +1124,8 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            for k, v in parts.items():
-                window["losses"][k] = window["losses"].get(k, 0.0) + float(v) / args.gradient_accumulation_steps
+            for k, v in parts.items():  # summed where they are: reading them every step would wait for the GPU
+                window["losses"][k] = window["losses"].get(k, 0.0) + v.float() / args.gradient_accumulation_steps
             window["samples"] += bsz * accelerator.num_processes
         window["count"] += 1
         global_step += 1
@@ -1074,9 +1138,14 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
             losses = {k: v / window["count"] for k, v in window["losses"].items()}
             # mean over processes (a collective: every process gets here at the same step)
             keys = sorted(losses)
-            mean = accelerator.reduce(torch.tensor([losses[k] for k in keys], device=accelerator.device),
-                                      reduction="mean")
-            losses = {f"loss/{k}": float(v) for k, v in zip(keys, mean.tolist())}
+            # the budget check rides on this collective, so every process stops after the same step
+            over = budget_s is not None and (time.perf_counter() - run_start + 2 * sum(tail_s.values())
+                                             + 0.05 * budget_s >= budget_s)
+            values = torch.stack([torch.as_tensor(losses[k], device=accelerator.device) for k in keys]
+                                 + [torch.tensor(float(over), device=accelerator.device)])
+            mean = accelerator.reduce(values, reduction="mean").tolist()
+            out_of_time = mean.pop() > 0
+            losses = {f"loss/{k}": float(v) for k, v in zip(keys, mean)}
             record = {"step": global_step, **losses, "lr": lr_scheduler.get_last_lr()[0],
                       "samples_per_s": window["samples"] / max(elapsed, 1e-9),
                       "steps_per_s": window["count"] / max(elapsed, 1e-9),
@@ -1085,6 +1154,8 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
                       # training curves are plotted against CPU-hours, which wall time on a shared machine is not
                       "cpu_seconds": time.process_time() - window["cpu"], "threads": torch.get_num_threads(),
                       "diffusion": use_diffusion, "time": time.time()}
+            if text_cache.encode_fn is None:
+                record["text_fallback_share"] = text_cache.fallbacks / max(1, text_cache.hits + text_cache.misses)
             if accelerator.is_main_process:
                 log.write(record)
                 progress.set_postfix(loss=f"{losses['loss/total']:.4f}", sps=f"{record['samples_per_s']:.2f}")
@@ -1096,12 +1167,15 @@ def run_training(args, *, stage: str, build_pipeline: Callable[[], object], trai
         if stopper.requested:
             accelerator.set_trigger()
         stop = accelerator.check_trigger() if accelerator.num_processes > 1 else stopper.requested
-        if args.validation_data_dir and not stop and (global_step == args.max_train_steps or (
+        if args.validation_data_dir and not stop and not out_of_time and (global_step == args.max_train_steps or (
                 args.validation_steps > 0 and global_step % args.validation_steps == 0)):
             validate()
         if stop or global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
             checkpoint_now()
     progress.close()
+    if out_of_time:
+        logger.info("--max_train_minutes %s: stopping at step %d after %.1f min to checkpoint, validate and export",
+                    args.max_train_minutes, global_step, (time.perf_counter() - run_start) / 60)
 
     if stop:
         logger.info("stopped by %s at step %d; checkpoint written, resume with --resume_from_checkpoint latest",

@@ -267,8 +267,10 @@ def test_finetune_mixes_real_and_simulated_data_with_freezing(bpp_run, data, tmp
                 str(data / "sharp"), "--frames_data_dir", str(data / "frames"), "--val_frames_holdout", "6",
                 "--mix_ratios", "0.5,0.2,0.3", "--freeze", "motion_estimator", "--validation_data_dir",
                 str(data / "pairs"), "--output_dir", str(tmp_path), "--max_train_steps", "2",
-                "--checkpointing_steps", "2", "--hub_dry_run", "--use_ema", "--ema_decay", "0.5"])
+                "--checkpointing_steps", "2", "--hub_dry_run", "--use_ema", "--ema_decay", "0.5",
+                "--render_on_device"])  # simulated rows rendered in the loop, pairs and frames beside them
     assert "frozen: ['motion_estimator']" in proc.stderr
+    assert json.loads((tmp_path / "args.json").read_text())["render_on_device"] is True
     assert sorted(losses_by_step(tmp_path)) == [1, 2]
     before = load_file(str(bpp_run / "pipeline" / "motion_estimator" / "diffusion_pytorch_model.safetensors"))
     after = load_file(str(tmp_path / "pipeline" / "motion_estimator" / "diffusion_pytorch_model.safetensors"))

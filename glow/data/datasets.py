@@ -24,6 +24,7 @@ from PIL import Image
 from ..io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, load_image, to_tensor
 from . import camera
 from .motion import KERNEL_PATCH, KERNEL_SIZE, MOTION_PATCH
+from .batched import idle_recipe
 from .simulator import BlurSimulator, SimulatorConfig
 
 __all__ = [
@@ -194,10 +195,13 @@ class SharpFolderDataset(_SeededDataset):
     Each sample: a random crop of `resolution` (after a random downscale in `scale_range` when the image is large
     enough, so blur sizes meet content at several scales), a random flip / rot90, then the simulator.
     `length` defaults to the number of files; a larger value cycles through them.
+    `render_on_device=True`: global blur kinds are only drawn here and rendered later, a batch at once, on the
+    training device (`glow.data.batched`); every sample then has `recipe` and `recipe_kernel`.
     """
 
     def __init__(self, roots, resolution=256, simulator=None, seed: int = 0, length: int | None = None,
-                 augment: bool = True, scale_range: tuple | None = (0.5, 1.0), recursive: bool = True):
+                 augment: bool = True, scale_range: tuple | None = (0.5, 1.0), recursive: bool = True,
+                 render_on_device: bool = False):
         self.files = list_images(roots, recursive=recursive)
         if not self.files:
             raise ValueError(f"No images found in {roots}")
@@ -207,6 +211,7 @@ class SharpFolderDataset(_SeededDataset):
         self.length = int(length) if length else len(self.files)
         self.augment = augment
         self.scale_range = scale_range
+        self.render_on_device = bool(render_on_device)
 
     def __len__(self) -> int:
         return self.length
@@ -252,7 +257,10 @@ class SharpFolderDataset(_SeededDataset):
         crop = self._crop(self._picture(index), rng)
         if self.augment:
             (crop,) = _augment([crop], rng)
-        return self.simulator(crop, seed=int(rng.integers(1 << 62)))
+        out = self.simulator(crop, seed=int(rng.integers(1 << 62)), defer=self.render_on_device)
+        if self.render_on_device and "recipe" not in out:  # a spatially varying kind, rendered here
+            out.update(idle_recipe(KERNEL_SIZE))
+        return out
 
 
 # --------------------------------------------------------------------------- paired real data
@@ -589,10 +597,15 @@ class MixedDataset(_SeededDataset):
 
 
 def collate(samples: Iterable[dict]) -> dict:
-    """Batch samples: tensors stacked, `kinds` -> list of lists, `text` -> list of str."""
+    """Batch samples: tensors stacked, `kinds` -> list of lists, `text` -> list of str. When some samples carry a
+    device-rendering recipe, the others (real pairs, frames) get an idle one, and `recipe_pending` (CPU, bool) says
+    which rows `glow.data.batched.render_pending` must render."""
     samples = list(samples)
     if not samples:
         raise ValueError("collate got an empty batch")
+    if any("recipe" in s for s in samples):
+        samples = [s if "recipe" in s else {**s, **idle_recipe(KERNEL_SIZE)} for s in samples]
+        samples = [{k: s[k] for k in samples[0]} for s in samples]  # one key order
     out = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
@@ -604,4 +617,6 @@ def collate(samples: Iterable[dict]) -> dict:
             out[key] = torch.stack(values)
         else:
             out[key] = values
+    if "recipe" in out:
+        out["recipe_pending"] = out["recipe"][:, 0] > 0
     return out

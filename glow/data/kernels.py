@@ -260,7 +260,7 @@ def convolve(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     hp, wp = _fast_len(padded.shape[-2]), _fast_len(padded.shape[-1])
     if k.dim() == 2:
         k = k.unsqueeze(0)
-    kp = torch.zeros(k.shape[0], hp, wp, dtype=image.dtype)
+    kp = torch.zeros(k.shape[0], hp, wp, dtype=image.dtype, device=image.device)
     kp[:, : 2 * r + 1, : 2 * r + 1] = k
     kp = torch.roll(kp, shifts=(-r, -r), dims=(-2, -1))  # kernel centre at (0, 0)
     spec = torch.fft.rfft2(padded, s=(hp, wp)) * torch.fft.rfft2(kp).unsqueeze(1)

@@ -142,33 +142,39 @@ class BlurSimulator:
             return gaussian_kernel(rng.uniform(0.5, 1.5), rng.uniform(0.5, 1.5), 0.0)
         return camera_shake_kernel(rng, extent=rng.uniform(2, 8))[0]
 
-    def _blur(self, kind: str, linear: torch.Tensor, rng: np.random.Generator):
-        """-> (blurred linear, motion [3,h8,w8], kernels [h64,w64,K,K], description, extra kinds)."""
-        _, h, w = linear.shape
+    def _draw_uniform(self, kind: str, rng: np.random.Generator, h: int, w: int):
+        """A global kind's (or "none"'s) kernel and its ground truth, without applying it:
+        -> (kernel [K,K], motion [3,h8,w8], kernels [h64,w64,K,K], description, extra kinds)."""
         h8, w8 = math.ceil(h / MOTION_PATCH), math.ceil(w / MOTION_PATCH)
         h64, w64 = math.ceil(h / KERNEL_PATCH), math.ceil(w / KERNEL_PATCH)
         extra = []
+        if kind == "none":
+            kernel, text = delta_kernel(), "no blur"
+        else:
+            kernel, text = self._global_kernel(kind, rng)
+            if rng.random() < self.config.p_combine:
+                mild = self._mild_kernel(rng)
+                # combine only when the result fits the 75 px kernel (no cut tail, so the centroid stays exact)
+                if kernel_support_radius(kernel) + kernel_support_radius(mild) <= KERNEL_SIZE // 2 - 1:
+                    kernel = _compose(kernel, mild)
+                    extra.append("combined")
+        vec = kernel_to_motion(kernel)
+        if kind != "none":
+            strength, direction = describe_motion(vec)
+            if kind in ("defocus", "gaussian"):
+                direction = "" if kind == "defocus" else direction
+            text = " ".join(x for x in (strength, direction, text) if x)
+        motion = vec.view(3, 1, 1).expand(3, h8, w8).contiguous()
+        kernels = kernel.expand(h64, w64, KERNEL_SIZE, KERNEL_SIZE).contiguous()
+        return kernel, motion, kernels, text, extra
+
+    def _blur(self, kind: str, linear: torch.Tensor, rng: np.random.Generator):
+        """-> (blurred linear, motion [3,h8,w8], kernels [h64,w64,K,K], description, extra kinds)."""
+        _, h, w = linear.shape
+        extra = []
         if kind in GLOBAL_KINDS or kind == "none":
-            if kind == "none":
-                kernel, text = delta_kernel(), "no blur"
-            else:
-                kernel, text = self._global_kernel(kind, rng)
-                if rng.random() < self.config.p_combine:
-                    mild = self._mild_kernel(rng)
-                    # combine only when the result fits the 75 px kernel (no cut tail, so the centroid stays exact)
-                    if kernel_support_radius(kernel) + kernel_support_radius(mild) <= KERNEL_SIZE // 2 - 1:
-                        kernel = _compose(kernel, mild)
-                        extra.append("combined")
-            blurred = convolve(linear, kernel)
-            vec = kernel_to_motion(kernel)
-            if kind != "none":
-                strength, direction = describe_motion(vec)
-                if kind in ("defocus", "gaussian"):
-                    direction = "" if kind == "defocus" else direction
-                text = " ".join(x for x in (strength, direction, text) if x)
-            motion = vec.view(3, 1, 1).expand(3, h8, w8).contiguous()
-            kernels = kernel.expand(h64, w64, KERNEL_SIZE, KERNEL_SIZE).contiguous()
-            return blurred, motion, kernels, text, extra
+            kernel, motion, kernels, text, extra = self._draw_uniform(kind, rng, h, w)
+            return convolve(linear, kernel), motion, kernels, text, extra
         if kind == "rotation":
             blurred, motion, kernels, info = rotation_blur(linear, rng)
             return blurred, motion, kernels, f"{_strength(info['max_disp'])} rotational blur", extra
@@ -201,58 +207,82 @@ class BlurSimulator:
             return blurred, motion, kernels, " ".join(x for x in (strength, direction, name, bg) if x), extra
         raise ValueError(f"unknown blur kind {kind!r}")
 
+    # ---------------------------------------------------------------- camera
+    def _draw_tone(self, rng: np.random.Generator) -> dict:
+        c = self.config
+        tone = {"srgb": rng.random() < c.p_srgb_curve, "gamma": rng.uniform(*c.gamma_range), "highlights": None}
+        if rng.random() < c.p_highlights:
+            tone["highlights"] = (rng.uniform(0.7, 0.95), rng.uniform(*c.highlight_gain))
+        return tone
+
+    def _draw_sensor(self, rng: np.random.Generator) -> dict:
+        c = self.config
+        exposure = rng.uniform(*c.low_light_range) if rng.random() < c.p_low_light else 1.0
+        bayer = rng.random() < c.p_bayer
+        noise = rng.random() < c.p_noise or exposure < 1.0
+        shot, read = _loguniform(rng, *c.shot_range), _loguniform(rng, *c.read_range)
+        gains = (rng.uniform(1.5, 2.6), 1.0, rng.uniform(1.2, 2.2)) if bayer else (1.0, 1.0, 1.0)
+        return {"exposure": exposure, "bayer": bayer, "noise": noise, "shot": shot, "read": read, "gains": gains}
+
+    @staticmethod
+    def _tags(tone: dict, sensor: dict, jpeg_quality: int) -> list[str]:
+        tags = ["saturated_highlights"] if tone["highlights"] else []
+        tags += ["low_light"] if sensor["exposure"] < 1.0 else []
+        tags += ["bayer"] if sensor["bayer"] else []
+        tags += ["noise"] if sensor["noise"] else []
+        return tags + (["jpeg"] if jpeg_quality else [])
+
     # ---------------------------------------------------------------- public
-    def __call__(self, sharp, seed: int | None = None, kind: str | None = None) -> dict:
+    def __call__(self, sharp, seed: int | None = None, kind: str | None = None, defer: bool = False) -> dict:
+        """`defer=True`: for the global kinds (and "none") draw everything but render nothing: the sample then has
+        `"blurry"` = the sharp image, a `"recipe"` and a `"recipe_kernel"` (`glow.data.batched.pack_recipe`) that
+        `glow.data.batched.render_batch` turns into the blurry image on any device, a whole batch at once.
+        Spatially varying kinds are rendered here either way."""
         rng = self._stream if seed is None else np.random.default_rng(seed)
         sharp = _as_rgb(sharp)
         kind = kind or str(rng.choice(self._kinds, p=self._weights))
         if kind not in BLUR_KINDS:
             raise ValueError(f"unknown blur kind {kind!r}; choose from {BLUR_KINDS}")
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        noise_seed = int(rng.integers(2**62))
         c = self.config
-        tags = []
+        tone = self._draw_tone(rng)
+        deferred = defer and (kind in GLOBAL_KINDS or kind == "none")
+        if deferred:
+            kernel, motion, kernels, text, extra = self._draw_uniform(kind, rng, *sharp.shape[-2:])
+        else:
+            linear = camera.srgb_to_linear(sharp) if tone["srgb"] else camera.gamma_to_linear(sharp, tone["gamma"])
+            if tone["highlights"]:
+                linear = camera.boost_highlights(linear, *tone["highlights"])
+            blurred, motion, kernels, text, extra = self._blur(kind, linear, rng)
+        sensor = self._draw_sensor(rng)
+        jpeg_quality = int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)) if rng.random() < c.p_jpeg else 0
+        tags = self._tags(tone, sensor, jpeg_quality)
+        if deferred:
+            from .batched import pack_recipe
 
-        use_srgb = rng.random() < c.p_srgb_curve
-        gamma = rng.uniform(*c.gamma_range)
-        linear = camera.srgb_to_linear(sharp) if use_srgb else camera.gamma_to_linear(sharp, gamma)
-        if rng.random() < c.p_highlights:
-            linear = camera.boost_highlights(linear, threshold=rng.uniform(0.7, 0.95),
-                                             gain=rng.uniform(*c.highlight_gain))
-            tags.append("saturated_highlights")
-
-        blurred, motion, kernels, text, extra = self._blur(kind, linear, rng)
-        signal = blurred.clamp(0, 1)
-
-        exposure = 1.0
-        if rng.random() < c.p_low_light:
-            exposure = rng.uniform(*c.low_light_range)
-            tags.append("low_light")
-        use_bayer = rng.random() < c.p_bayer
-        use_noise = rng.random() < c.p_noise or exposure < 1.0
-        shot = _loguniform(rng, *c.shot_range)
-        read = _loguniform(rng, *c.read_range)
-        if use_bayer:
-            gains = torch.tensor([rng.uniform(1.5, 2.6), 1.0, rng.uniform(1.2, 2.2)]).view(3, 1, 1)
-            raw = camera.mosaic_bayer(signal / gains) * exposure
-            if use_noise:
-                raw = camera.add_poisson_gaussian_noise(raw, shot, read, generator)
-            signal = camera.demosaic_bilinear(raw.clamp(0, 1)) / exposure * gains
-            tags.append("bayer")
-        elif use_noise:
-            signal = camera.add_poisson_gaussian_noise(signal * exposure, shot, read, generator).clamp(0, 1) / exposure
-        if use_noise:
-            tags.append("noise")
-        signal = signal.clamp(0, 1)
-        blurry = camera.linear_to_srgb(signal) if use_srgb else camera.linear_to_gamma(signal, gamma)
-        if rng.random() < c.p_jpeg:
-            blurry = camera.jpeg_compress(blurry, int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)))
-            tags.append("jpeg")
+            blurry, recipe = sharp, pack_recipe(kernel, tone, sensor, jpeg_quality, noise_seed)
+        else:
+            generator = torch.Generator().manual_seed(noise_seed)
+            signal = blurred.clamp(0, 1)
+            exposure, gains = sensor["exposure"], torch.tensor(sensor["gains"]).view(3, 1, 1)
+            if sensor["bayer"]:
+                raw = camera.mosaic_bayer(signal / gains) * exposure
+                if sensor["noise"]:
+                    raw = camera.add_poisson_gaussian_noise(raw, sensor["shot"], sensor["read"], generator)
+                signal = camera.demosaic_bilinear(raw.clamp(0, 1)) / exposure * gains
+            elif sensor["noise"]:
+                signal = camera.add_poisson_gaussian_noise(signal * exposure, sensor["shot"], sensor["read"],
+                                                           generator).clamp(0, 1) / exposure
+            signal = signal.clamp(0, 1)
+            blurry = camera.linear_to_srgb(signal) if tone["srgb"] else camera.linear_to_gamma(signal, tone["gamma"])
+            if jpeg_quality:
+                blurry = camera.jpeg_compress(blurry, jpeg_quality)
+            recipe = None
 
         words = {"saturated_highlights": "saturated highlights", "low_light": "low light", "noise": "sensor noise",
                  "bayer": None, "jpeg": "JPEG"}
         description = ", ".join([text] + [words[t] for t in tags if words[t]])
-        h, w = sharp.shape[-2:]
-        return {
+        out = {
             "blurry": blurry.clamp(0, 1).contiguous(),
             "sharp": sharp.contiguous(),
             "motion": motion.float(),
@@ -262,6 +292,9 @@ class BlurSimulator:
             "kinds": [kind] + extra + tags,
             "text": description,
         }
+        if recipe is not None:
+            out.update(recipe)
+        return out
 
     def apply_camera(self, sharp_linear_blurred: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         """Noise / Bayer / JPEG on an already blurred linear image (frame averaging uses this). Returns sRGB."""
