@@ -1,7 +1,5 @@
 """GLOWDeblur components on tiny configs: shapes, gradients, losses, and the Wiener physics branch."""
-import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +7,7 @@ import torch.nn.functional as F
 from glow.models.motion_estimator import MotionEstimator, _line_kernel
 from glow.models.prereconstruction import PreReconstructionUNet, estimate_noise_sigma, wiener_deconvolve
 from glow.presets import build_pipeline, count_parameters, get_preset
+from glow.training.losses import kernel_loss, motion_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,14 +90,14 @@ def test_losses_zero_at_truth_and_masked():
     me = MotionEstimator(**get_preset("tiny")["motion_estimator"])
     kern = me.kernel_basis[:2].reshape(1, 1, 2, 15, 15).detach()
     true75 = F.pad(kern, (30, 30, 30, 30))
-    assert float(me.kernel_loss(kern, true75, torch.ones(1, 1, 2))) < 1e-5
+    assert float(kernel_loss(kern, true75, torch.ones(1, 1, 2))) < 1e-5
     wrong = torch.flip(true75, dims=(2,))
-    assert float(me.kernel_loss(kern, wrong, torch.ones(1, 1, 2))) > 0.1
-    assert float(me.kernel_loss(kern, wrong, torch.zeros(1, 1, 2))) == 0.0
+    assert float(kernel_loss(kern, wrong, torch.ones(1, 1, 2))) > 0.1
+    assert float(kernel_loss(kern, wrong, torch.zeros(1, 1, 2))) == 0.0
     m = torch.rand(1, 3, 4, 4)
-    assert float(me.motion_loss(m, m, torch.ones(1, 1, 4, 4))) == 0.0
-    assert float(me.motion_loss(m, m + 1, torch.zeros(1, 1, 4, 4))) == 0.0
-    assert float(me.motion_loss(m, m + 1, torch.ones(1, 1, 4, 4))) > 0.1
+    assert float(motion_loss(m, m, torch.ones(1, 1, 4, 4))) == 0.0
+    assert float(motion_loss(m, m + 1, torch.zeros(1, 1, 4, 4))) == 0.0
+    assert float(motion_loss(m, m + 1, torch.ones(1, 1, 4, 4))) > 0.1
 
 
 @pytest.mark.parametrize("use_wiener", [True, False])
@@ -153,12 +152,12 @@ def test_kernel_basis_mixtures_beat_single_lines_on_curved_shake():
         curved[int(round(y)), int(round(x))] += 1
     curved /= curved.sum()
     target = curved[None, None, None]
-    single = min(float(me.kernel_loss(b[None, None, None], target)) for b in basis)
+    single = min(float(kernel_loss(b[None, None, None], target)) for b in basis)
     logits = torch.zeros(basis.shape[0], requires_grad=True)
     opt = torch.optim.Adam([logits], lr=0.1)
     for _ in range(300):
         mix = torch.einsum("n,nij->ij", torch.softmax(logits, 0), basis)
-        loss = me.kernel_loss(mix[None, None, None], target)
+        loss = kernel_loss(mix[None, None, None], target)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -5,7 +5,7 @@ Sharp images (one or more folders, searched recursively) are blurred on the fly 
 (camera shake, linear motion, defocus, rotation/zoom, moving objects, with camera realism); optional high-fps frame
 folders add real motion blur by frame averaging. All three components train together: the pre-reconstruction
 (Charbonnier + FFT loss), the motion estimator (against the simulator's motion field and kernels, where known) and,
-from `--diffusion_start_step` on, the diffusion backbone (flow matching on the residual). See glow/training.py.
+from `--diffusion_start_step` on, the diffusion backbone (flow matching on the residual). See glow/training/.
 
     python train/bpp.py --preset small --train_data_dir ../shared/data/train/sharp \\
         --frames_data_dir ../shared/data/train/frames --validation_data_dir ../shared/data/val/sharp \\

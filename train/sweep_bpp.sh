@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model-size / learning-rate sweep for the shipped model (issue 6): short BPP runs from scratch, one process on one
 # core each, run one after another so each gets the same CPU. Compare their validation curves against CPU time with
-#   python train/sweep_report.py train/sweeps/*/logs/train_log.jsonl train/runs/bpp-small-nowiener/logs/train_log.jsonl
+#   python train/plot_curves.py train/sweeps/*/ train/runs/bpp-small-nowiener --out curves.png
 # Usage: train/sweep_bpp.sh STEPS NAME 'MODEL_CONFIG_JSON' LR [NAME 'JSON' LR ...]
 set -euo pipefail
 steps=${1:?usage: train/sweep_bpp.sh STEPS NAME JSON LR [...]}; shift

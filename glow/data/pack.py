@@ -27,7 +27,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -138,12 +137,12 @@ def build_pack(data_root: str | Path, out_dir: str | Path, *, max_mb: float = 35
                 sizes["frames_files"] += 1
     if val_root.is_dir() and val_count > 0:
         from glow.io import image_to_tensor, to_pil
-        from glow.training import _center_crop
+        from glow.training import center_crop
 
         for path in list_images(val_root)[:val_count]:
             dst = out_dir / "val" / (path.stem + ".png")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            to_pil(_center_crop(image_to_tensor(path), val_size)).save(dst)
+            to_pil(center_crop(image_to_tensor(path), val_size)).save(dst)
             sizes["val"] += dst.stat().st_size
             sizes["val_files"] += 1
     if max_prompts > 0:

@@ -105,7 +105,7 @@ class MotionEstimator(ModelMixin, ConfigMixin):
     """Predicts the motion field (per 8-px patch) and kernel mixture weights (per 64-px patch).
 
     ``forward(blurry [B,3,H,W]) -> MotionEstimatorOutput``; H and W must be multiples of 64 (the pipeline pads).
-    Losses for training: :meth:`motion_loss` and :meth:`kernel_loss` (static, documented below).
+    Its training losses are in ``glow.training.losses`` (models carry no losses, as in diffusers).
     """
 
     @register_to_config
@@ -173,47 +173,3 @@ class MotionEstimator(ModelMixin, ConfigMixin):
             return motion, kernel_weights, kernels
         return MotionEstimatorOutput(motion=motion, kernel_weights=kernel_weights, kernels=kernels)
 
-    @staticmethod
-    def motion_loss(pred_motion, true_motion, valid=None, length_scale=20.0):
-        """Masked L1 on the motion field. ``pred/true [B,3,h8,w8]``, ``valid [B,1,h8,w8]`` (1 = known truth).
-
-        The length channel (pixels) is divided by ``length_scale`` so all channels weigh about the same.
-        Returns a scalar (0 when nothing is valid).
-        """
-        scale = pred_motion.new_tensor([1.0, 1.0, 1.0 / length_scale]).view(1, 3, 1, 1)
-        err = ((pred_motion - true_motion) * scale).abs()
-        if valid is None:
-            return err.mean()
-        valid = valid.to(err.dtype)
-        return (err * valid).sum() / (3 * valid.sum()).clamp_min(1.0)
-
-    @staticmethod
-    def kernel_loss(pred_kernels, true_kernels, valid=None, scales=(1, 2, 4, 8)):
-        """Masked multi-scale L1 distance between kernels (per kernel in [0, 2]).
-
-        ``pred_kernels [B, h, w, K, K]`` (K = ``kernel_size``), ``true_kernels [B, h, w, T, T]`` (T = 75 from the
-        simulator), ``valid [B, h, w]``. The smaller of the two is zero-padded to the larger, centred (both are
-        centred on their centroid), so truth mass outside the predicted support counts as error. The L1 is averaged
-        over sum-pooled versions (``scales``): at full resolution two thin trajectories a pixel apart share no mass
-        (L1 ~ 2, no useful signal); at coarser scales the distance falls smoothly as the shapes approach.
-        Returns the mean over valid kernels (0 when nothing is valid).
-        """
-        kp, kt = pred_kernels.shape[-1], true_kernels.shape[-1]
-        if kp < kt:
-            p = (kt - kp) // 2
-            pred_kernels = F.pad(pred_kernels, (p, p, p, p))
-        elif kt < kp:
-            p = (kp - kt) // 2
-            true_kernels = F.pad(true_kernels, (p, p, p, p))
-        diff = (pred_kernels - true_kernels.to(pred_kernels.dtype)).flatten(0, -3)[:, None]  # [N, 1, S, S]
-        err = 0
-        for s in scales:
-            pad = (-diff.shape[-1]) % s
-            d = F.pad(diff, (0, pad, 0, pad)) if pad else diff
-            d = F.avg_pool2d(d, s) * (s * s) if s > 1 else d  # sum pooling keeps the mass
-            err = err + d.abs().sum(dim=(-1, -2, -3))
-        err = (err / len(scales)).view(pred_kernels.shape[:-2])
-        if valid is None:
-            return err.mean()
-        valid = valid.to(err.dtype)
-        return (err * valid).sum() / valid.sum().clamp_min(1.0)
