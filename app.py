@@ -10,7 +10,6 @@ API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblu
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -40,7 +39,9 @@ EXAMPLES_DIR = ROOT / "examples"
 MODEL_ID = os.environ.get("GLOW_MODEL") or glow.DEFAULT_MODEL_PATH
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MAX_MEGAPIXELS = float(os.environ.get("GLOW_MAX_MEGAPIXELS", 24))
-TILE_MULTIPLE = 64  # the pipeline's tile grid; tile size 0 = "auto" = the pipeline's own default tile size
+# glow.pipeline_glowdeblur.PAD_MULTIPLE (the pipeline's tile grid; tests/test_app.py checks they agree), not imported:
+# that module imports diffusers, 3 s more before the page is up
+TILE_MULTIPLE = 64
 MIN_SIDE = 16  # px; smaller images carry no blur worth removing (and one 8-px motion patch would cover them)
 PREVIEW_LONG_SIDE = 2048  # on-page pictures are capped here; the PNG download is always full resolution
 MAX_UPLOAD = f"{float(os.environ.get('GLOW_MAX_UPLOAD_MB', 50)):g}mb"  # Gradio refuses bigger files at upload
@@ -107,9 +108,10 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
     """Deblur one RGB image (PIL, or float HxWx3 for 16-bit files). Returns (deblurred PIL, motion field
     [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles used, tile size used, seconds in the model)."""
     pipe = get_pipeline()
-    accepts = inspect.signature(pipe.__call__).parameters
-    if tile_size == 0:  # auto: the pipeline's default (tuned by its authors for speed at bounded memory)
-        tile_size = accepts["tile_size"].default if "tile_size" in accepts else None
+    if tile_size == 0:  # auto: the pipeline's default (speed at bounded memory)
+        from glow.pipeline_glowdeblur import DEFAULT_TILE_SIZE
+
+        tile_size = DEFAULT_TILE_SIZE
     if tile_size:
         tile_overlap = min(tile_overlap, tile_size - TILE_MULTIPLE)
     height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
@@ -130,7 +132,6 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
         state.update(tiles_done=tile_index + 1, tiles=num_tiles, steps=0)
         report()
 
-    optional = {"callback_on_tile_end": on_tile_end} if "callback_on_tile_end" in accepts else {}
     started = time.perf_counter()
     output = pipe(
         image,
@@ -145,7 +146,7 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
         output_type="pil",
         return_dict=True,
         callback_on_step_end=on_step_end,
-        **optional,
+        callback_on_tile_end=on_tile_end,
     )
     motion = output.motion_fields[0]
     if hasattr(motion, "detach"):

@@ -37,6 +37,7 @@ __all__ = [
     "to_pil",
     "from_tensor",
     "image_to_tensor",
+    "center_crop",
 ]
 
 #: Largest image (width * height) accepted; bigger files are refused before decoding.
@@ -209,15 +210,24 @@ def load_image_array(src: ImageSource, max_pixels: int | None = None) -> tuple[n
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def png_header(path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG file's IHDR, or None when the file is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None
+    return (head[24], head[25]) if len(head) == 26 and head[:8] == _PNG_SIGNATURE else None
+
+
 def _png_bytes_if_16bit_color(src) -> bytes | None:
     """The file's bytes when it is a 16-bit RGB/RGBA PNG (IHDR bit depth 16, colour type 2 or 6), else None."""
     try:
         if isinstance(src, (str, os.PathLike)):
+            if png_header(src) not in ((16, 2), (16, 6)):
+                return None
             with open(src, "rb") as f:
-                head = f.read(33)
-                if not (head[:8] == _PNG_SIGNATURE and head[24] == 16 and head[25] in (2, 6)):
-                    return None
-                return head + f.read()
+                return f.read()
         data = bytes(src)
     except (OSError, IndexError, TypeError):
         return None
@@ -367,6 +377,25 @@ def image_to_tensor(src: ImageSource, max_pixels: int | None = None):
     """Read any image source straight into an RGB float tensor `[3, H, W]` (16-bit precision kept)."""
     arr, _ = load_image_array(src, max_pixels=max_pixels)
     return to_tensor(arr, channels=3)
+
+
+def center_crop(tensor, size: int, pad: bool = False):
+    """The centre `size` x `size` of a `[..., H, W]` tensor. A side shorter than `size` is replicate-padded up to it
+    when `pad` (fixed-shape batches, e.g. training validation), else kept as it is (evaluation: no invented pixels).
+    `size <= 0` returns the tensor unchanged."""
+    import torch.nn.functional as F
+
+    if size <= 0:
+        return tensor
+    h, w = tensor.shape[-2:]
+    if pad and (h < size or w < size):
+        flat = tensor.reshape(-1, *tensor.shape[-3:]) if tensor.dim() >= 3 else tensor[None, None]
+        flat = F.pad(flat, (0, max(0, size - w), 0, max(0, size - h)), mode="replicate")
+        tensor = flat.reshape(*tensor.shape[:-2], *flat.shape[-2:])
+        h, w = tensor.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return tensor[..., top : top + ch, left : left + cw]
 
 
 def to_pil(tensor) -> Image.Image:

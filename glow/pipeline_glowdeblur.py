@@ -31,6 +31,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 PAD_MULTIPLE = 64  # the kernel grid; also a multiple of the /8 token grid
+DEFAULT_TILE_SIZE = 512  # px: bounded memory at about full speed (docs/pipeline.md)
 LATENT_DOWNSCALE = 8
 
 
@@ -492,7 +493,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         fidelity: float = 0.0,
         guidance_scale: float = 1.0,
         generator=None,
-        tile_size: int | None = 512,
+        tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int = 64,
         output_type: str = "pil",
         return_dict: bool = True,

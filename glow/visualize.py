@@ -33,26 +33,14 @@ def _as_numpy(motion) -> np.ndarray:
     return np.nan_to_num(motion)
 
 
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Vectorised HSV -> RGB, all in [0, 1]; returns [..., 3]."""
-    i = np.floor(h * 6.0) % 6
-    f = h * 6.0 - np.floor(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    rgb = np.zeros(h.shape + (3,), dtype=np.float32)
-    for k, (r, g, b) in enumerate(choices):
-        mask = i == k
-        rgb[mask] = np.stack([r[mask], g[mask], b[mask]], axis=-1)
-    return rgb
-
-
 def motion_to_color(motion) -> np.ndarray:
-    """Colour-code a motion field: [3, h, w] -> uint8 [h, w, 3] (hue = direction, saturation = directionality)."""
-    m = _as_numpy(motion)
-    doubled_angle = np.arctan2(m[1], m[0])  # = 2θ in (-π, π]
-    hue = (doubled_angle / (2 * math.pi)) % 1.0
-    directionality = np.clip(np.hypot(m[0], m[1]), 0.0, 1.0)
-    rgb = _hsv_to_rgb(hue, directionality, np.ones_like(hue))
+    """Colour-code a motion field: [3, h, w] -> uint8 [h, w, 3] (hue = direction, saturation = directionality;
+    glow.data.motion.motion_to_color at full brightness)."""
+    import torch
+
+    from .data.motion import motion_to_color as color_wheel
+
+    rgb = color_wheel(torch.from_numpy(_as_numpy(motion)), max_length=None).permute(1, 2, 0).numpy()
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
@@ -77,11 +65,10 @@ def _draw_legend(canvas: Image.Image) -> None:
     dx, dy = xx - c, yy - c
     r = np.hypot(dx, dy)
     theta = np.arctan2(dy, dx)  # image axes: y down, θ from +x towards +y
-    hue = ((2 * theta) / (2 * math.pi)) % 1.0
-    rgb = _hsv_to_rgb(hue, np.ones_like(hue), np.ones_like(hue))
+    ring_field = np.stack([np.cos(2 * theta), np.sin(2 * theta), np.ones_like(theta)])  # fully directional
     ring = (r <= c) & (r >= c * 0.45)
     rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[..., :3] = (rgb * 255).astype(np.uint8)
+    rgba[..., :3] = motion_to_color(ring_field)
     rgba[..., 3] = np.where(ring, 255, 0).astype(np.uint8)
     margin = max(4, size // 8)  # bottom-right: viewers put their buttons top-right
     position = (canvas.width - size - margin, canvas.height - size - margin)

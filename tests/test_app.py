@@ -168,6 +168,13 @@ def test_ui_defaults_match_the_pipeline(client):
     assert all(p["parameter_has_default"] for name, p in params.items() if name != "image")
 
 
+def test_app_tile_grid_is_the_pipelines():
+    from glow.pipeline_glowdeblur import PAD_MULTIPLE
+
+    source = (ROOT / "app.py").read_text()  # read, not imported: importing app.py builds the whole UI
+    assert f"\nTILE_MULTIPLE = {PAD_MULTIPLE}\n" in source
+
+
 def test_deconvolve_switch_reaches_the_pipeline(client, tmp_path):
     """The checkbox turns the per-photo kernel estimation off: a streaked photo then comes out differently, and only
     the run with it on draws a kernel inset into the motion map."""

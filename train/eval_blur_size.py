@@ -85,10 +85,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from glow.io import image_to_tensor
+    from glow.io import center_crop, image_to_tensor
 
     files = evaluate._image_files(args.sharp, "--sharp")[: args.max_images or None]
-    sharps = [evaluate._center_crop(image_to_tensor(path)[:3], args.crop) for path in files]  # read once, not per size
+    sharps = [center_crop(image_to_tensor(path)[:3], args.crop) for path in files]  # read once, not per size
     pipes = {model: evaluate.load_pipeline(model) for model in args.model}
     curves = [("linear_motion", s) for s in args.lengths] + [("defocus", s) for s in args.radii]
     results = []

@@ -158,15 +158,6 @@ def _limit(count: int, max_images: int) -> int:
     return min(count, max_images) if max_images and max_images > 0 else count
 
 
-def _center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    if size <= 0:
-        return image
-    height, width = image.shape[-2:]
-    crop_h, crop_w = min(size, height), min(size, width)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return image[..., top : top + crop_h, left : left + crop_w]
-
-
 def _image_files(folder: str, flag: str) -> list[Path]:
     from glow.data.datasets import list_images
 
@@ -199,12 +190,12 @@ def paired_source(folder: str, layout: str, max_images: int) -> Source:
 
 def synthetic_source(folder: str, crop: int, seed: int, max_images: int) -> Source:
     from glow.data import BlurSimulator
-    from glow.io import image_to_tensor
+    from glow.io import center_crop, image_to_tensor
 
     files = _image_files(folder, "--synthetic")
 
     def load(index: int) -> Sample:
-        sharp = _center_crop(image_to_tensor(files[index])[:3], crop)
+        sharp = center_crop(image_to_tensor(files[index])[:3], crop)
         # One simulator per image, seeded by its index: each pair is reproducible on its own.
         sample = BlurSimulator(seed=seed + index)(sharp)
         return Sample(files[index].name, sample["blurry"].clamp(0, 1), sample["sharp"].clamp(0, 1), sample["text"])

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from PIL import Image
 
-from ..io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, load_image, to_tensor
+from ..io import IMAGE_EXTENSIONS, ImageReadError, image_to_tensor, load_image, png_header, to_tensor
 from . import camera
 from .motion import KERNEL_PATCH, KERNEL_SIZE, MOTION_PATCH
 from .batched import idle_recipe
@@ -80,12 +80,6 @@ def _load_rgb(path) -> torch.Tensor:
 _HIGH_PRECISION_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _png_bit_depth(path) -> int:
-    with open(path, "rb") as f:
-        head = f.read(25)
-    return head[24] if len(head) == 25 else 8
-
-
 class _Picture:
     """A decoded image that converts only the region a sample needs to float: converting a whole 1280x720 frame
     costs 5x its JPEG decode. 16-bit files are read through `image_to_tensor` (precision kept)."""
@@ -96,7 +90,7 @@ class _Picture:
         try:
             with Image.open(path) as probe:
                 high = (probe.mode in _HIGH_PRECISION_MODES or Path(path).suffix.lower() in (".tif", ".tiff")
-                        or (probe.format == "PNG" and _png_bit_depth(path) == 16))
+                        or (probe.format == "PNG" and (png_header(path) or (8,))[0] == 16))
         except Exception:  # unreadable: let the real reader raise its ImageReadError
             high = False
         if high:

@@ -85,13 +85,14 @@ def motion_to_polar(motion: torch.Tensor, dim: int = -1):
     return theta, torch.sqrt(c2 * c2 + s2 * s2), length
 
 
-def motion_to_color(motion: torch.Tensor, max_length: float = 40.0) -> torch.Tensor:
+def motion_to_color(motion: torch.Tensor, max_length: float | None = 40.0) -> torch.Tensor:
     """`[3, h, w]` motion field -> `[3, h, w]` RGB colour wheel: hue = direction (doubled angle, so a streak and its
-    reverse share a colour), saturation = directionality, value = length / max_length."""
+    reverse share a colour), saturation = directionality, value = length / max_length (1 when `max_length` is None:
+    the app draws the length as streaks instead)."""
     theta, d, length = motion_to_polar(motion, dim=0)
     hue = theta / math.pi  # doubled angle: full wheel over [0, π)
     sat = d.clamp(0, 1)
-    val = (length / max_length).clamp(0, 1)
+    val = torch.ones_like(length) if max_length is None else (length / max_length).clamp(0, 1)
     h6 = hue * 6.0
     i = torch.floor(h6)
     f = h6 - i

@@ -136,13 +136,12 @@ def build_pack(data_root: str | Path, out_dir: str | Path, *, max_mb: float = 35
                                               quality, scale=frames_scale)
                 sizes["frames_files"] += 1
     if val_root.is_dir() and val_count > 0:
-        from glow.io import image_to_tensor, to_pil
-        from glow.training import center_crop
+        from glow.io import center_crop, image_to_tensor, to_pil
 
         for path in list_images(val_root)[:val_count]:
             dst = out_dir / "val" / (path.stem + ".png")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            to_pil(center_crop(image_to_tensor(path), val_size)).save(dst)
+            to_pil(center_crop(image_to_tensor(path), val_size, pad=True)).save(dst)
             sizes["val"] += dst.stat().st_size
             sizes["val_files"] += 1
     if max_prompts > 0:

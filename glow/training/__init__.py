@@ -20,7 +20,7 @@ from .data import (ResumableSampler, TextEmbeddingCache, build_mixed_dataset, fi
                    make_train_dataloader)
 from .losses import GLOWTrainingModule, LossConfig, charbonnier, frequency_loss, sample_diffusion_inputs
 from .loop import Trainer, run_training
-from .validation import center_crop, load_validation_set, pipeline_restore, run_validation
+from .validation import load_validation_set, pipeline_restore, run_validation
 
 logger = logging.getLogger("glow.training")
 
@@ -29,5 +29,5 @@ __all__ = [
     "load_matching_weights", "resolve_checkpoint", "save_checkpoint", "ResumableSampler", "TextEmbeddingCache",
     "build_mixed_dataset", "find_frame_clips", "frame_sources", "make_train_dataloader", "GLOWTrainingModule",
     "LossConfig", "charbonnier", "frequency_loss", "sample_diffusion_inputs", "Trainer", "run_training",
-    "center_crop", "load_validation_set", "pipeline_restore", "run_validation",
+    "load_validation_set", "pipeline_restore", "run_validation",
 ]

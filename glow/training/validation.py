@@ -5,18 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .losses import GLOWTrainingModule
-
-
-def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
-    _, h, w = t.shape
-    if h < size or w < size:  # small images: reflect-pad up to the size (validation needs a fixed shape)
-        t = F.pad(t[None], (0, max(0, size - w), 0, max(0, size - h)), mode="replicate")[0]
-        _, h, w = t.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    return t[:, top : top + size, left : left + size]
 
 
 def load_validation_set(folder: str, count: int, resolution: int, seed: int) -> list[dict]:
@@ -25,7 +15,7 @@ def load_validation_set(folder: str, count: int, resolution: int, seed: int) -> 
     (sample i uses seed + i), so the set never changes between steps or runs."""
     from glow.data import BlurSimulator, PairedFolderDataset, detect_layout
     from glow.data.datasets import list_images
-    from glow.io import image_to_tensor
+    from glow.io import center_crop, image_to_tensor
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -38,8 +28,8 @@ def load_validation_set(folder: str, count: int, resolution: int, seed: int) -> 
     samples = []
     if pairs:
         for blur_path, sharp_path in pairs[:count]:
-            blurry = center_crop(image_to_tensor(blur_path), resolution)
-            sharp = center_crop(image_to_tensor(sharp_path), resolution)
+            blurry = center_crop(image_to_tensor(blur_path), resolution, pad=True)
+            sharp = center_crop(image_to_tensor(sharp_path), resolution, pad=True)
             samples.append({"blurry": blurry, "sharp": sharp, "name": Path(sharp_path).stem, "text": ""})
         return samples
     files = list_images(folder, recursive=True)
@@ -47,7 +37,7 @@ def load_validation_set(folder: str, count: int, resolution: int, seed: int) -> 
         raise FileNotFoundError(f"--validation_data_dir {folder}: no images found")
     simulator = BlurSimulator(seed=seed)
     for i, path in enumerate(files[:count]):
-        sample = simulator(center_crop(image_to_tensor(path), resolution), seed=seed + i)
+        sample = simulator(center_crop(image_to_tensor(path), resolution, pad=True), seed=seed + i)
         samples.append({"blurry": sample["blurry"], "sharp": sample["sharp"], "name": path.stem,
                         "text": sample.get("text", "")})
     return samples
