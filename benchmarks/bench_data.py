@@ -81,6 +81,7 @@ def main() -> None:
         print(f"FrameFolderDataset (k in 5..13 1280x720 JPEG frames averaged in linear light): "
               f"{wall:6.2f} samples/s wall, {cpu:6.2f} per CPU-s")
     if args.device:
+        args.data_dir = data
         bench_device(sim, crops, args)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
@@ -93,9 +94,15 @@ def bench_device(sim: BlurSimulator, crops: list[torch.Tensor], args) -> None:
     samples = [sim(crops[i % len(crops)], seed=i, defer=True) for i in range(4 * args.batch)]
     deferred = [s for s in samples if "recipe" in s]
     wall, cpu = _rate(lambda i: sim(crops[i % len(crops)], seed=i, defer=True), args.n)
-    print(f"\n--device {device}: drawing one sample in a worker (defer=True, default mix; spatial kinds are still "
-          f"rendered there): {wall:6.1f} samples/s wall, {cpu:6.1f} per CPU-s; "
+    print(f"\n--device {device}: drawing one sample in a worker (defer=True, default mix; depth defocus and moving "
+          f"objects are still rendered there): {wall:6.1f} samples/s wall, {cpu:6.1f} per CPU-s; "
           f"{len(deferred) / len(samples):.0%} of the mix is deferred")
+    if args.data_dir is not None and (args.data_dir / "train" / "sharp").is_dir():
+        ds = SharpFolderDataset(args.data_dir / "train" / "sharp", resolution=args.resolution, seed=0,
+                                render_on_device=True)
+        wall, cpu = _rate(lambda i: ds[i], min(args.n, len(ds) - 1))
+        print(f"SharpFolderDataset(render_on_device=True) end to end (decode + crop + draw): {wall:6.1f} samples/s "
+              f"wall, {cpu:6.1f} per CPU-s")
     batch = collate(deferred[: args.batch])
     tensors = [batch[k].to(device) for k in ("sharp", "recipe_kernel", "recipe")]
     gen = torch.Generator(device).manual_seed(0)

@@ -29,12 +29,12 @@ def _pairs(config, count):
 
 
 def test_deferred_rendering_equals_the_simulator_without_noise_and_jpeg():
-    # every global kind and "none", highlights, Bayer + white balance, both tone curves
+    # every global kind, "none", rotation and zoom; highlights, Bayer + white balance, both tone curves
     direct, batch = _pairs({"p_noise": 0.0, "p_low_light": 0.0, "p_jpeg": 0.0, "p_bayer": 0.5, "p_highlights": 0.5},
-                           60)
+                           80)
     assert len(direct) > 20 and bool(batch["recipe_pending"].all())
     kinds = {s["kinds"][0] for s in direct}
-    assert {"camera_shake", "linear_motion", "defocus", "gaussian"} <= kinds
+    assert {"camera_shake", "linear_motion", "defocus", "gaussian", "rotation", "zoom"} <= kinds
     assert torch.equal(batch["blurry"], batch["sharp"])  # nothing rendered in the worker
     out = render_batch(batch["sharp"], batch["recipe_kernel"], batch["recipe"])
     assert (out - torch.stack([s["blurry"] for s in direct])).abs().max() < 1e-5
@@ -66,7 +66,7 @@ def test_torch_jpeg_matches_pillows_error(quality):
 def test_dataset_renders_spatial_kinds_itself_and_collate_fills_idle_recipes(tmp_path):
     Image.fromarray((np.random.default_rng(0).random((80, 90, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
     spatial = SharpFolderDataset(tmp_path, resolution=64, render_on_device=True,
-                                 simulator={"kind_weights": {"rotation": 1.0}}, length=2)
+                                 simulator={"kind_weights": {"object_motion": 1.0}}, length=2)
     shake = SharpFolderDataset(tmp_path, resolution=64, render_on_device=True,
                                simulator={"kind_weights": {"camera_shake": 1.0}}, length=2)
     plain = SharpFolderDataset(tmp_path, resolution=64, simulator={"kind_weights": {"camera_shake": 1.0}}, length=2)

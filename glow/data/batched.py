@@ -9,7 +9,8 @@ operations are those of `glow.data.camera` written for `[N, ...]` tensors with o
 and noise the result equals the CPU simulator's to float precision. Two differences, both measured in
 `tests/test_data_batched.py`: the noise is drawn on the device (same distribution, other numbers), and JPEG is a
 torch implementation of baseline JPEG (IJG quantisation tables, 4:2:0, 8x8 DCT) instead of Pillow's encoder.
-Spatially varying kinds, frame averaging and real pairs are still rendered in the workers (their rows say so).
+Rotation and zoom are deferred too (their sub-frames are averaged on the device); depth defocus, moving objects,
+frame averaging and real pairs are still rendered in the workers (their rows say so).
 """
 from __future__ import annotations
 
@@ -20,20 +21,33 @@ import torch.nn.functional as F
 
 from . import camera
 from .kernels import convolve
+from .motion import KERNEL_SIZE
+from .spatial import affine_path_grid, sub_frame_count
 
 __all__ = ["RECIPE_FIELDS", "pack_recipe", "idle_recipe", "render_batch", "render_pending", "jpeg_batch"]
 
 RECIPE_FIELDS = ("pending", "srgb", "gamma", "highlights", "highlight_threshold", "highlight_gain", "exposure",
-                 "bayer", "noise", "shot", "read", "gain_r", "gain_g", "gain_b", "jpeg_quality", "noise_seed")
+                 "bayer", "noise", "shot", "read", "gain_r", "gain_g", "gain_b", "jpeg_quality", "noise_seed",
+                 "affine", "center_x", "center_y", "total_angle", "log_zoom", "sub_frames")
 _F = {name: i for i, name in enumerate(RECIPE_FIELDS)}
 
 
-def pack_recipe(kernel: torch.Tensor, tone: dict, sensor: dict, jpeg_quality: int, noise_seed: int) -> dict:
-    """One sample's settings as tensors that `collate` stacks: {"recipe": [16] float64, "recipe_kernel": [K, K]}."""
+def pack_recipe(kernel: torch.Tensor | None, tone: dict, sensor: dict, jpeg_quality: int, noise_seed: int,
+                affine: dict | None = None) -> dict:
+    """One sample's settings as tensors that `collate` stacks: {"recipe": [22] float64, "recipe_kernel": [K, K]}.
+    A rotation or zoom sample has `affine` (the info of `glow.data.spatial.rotation_blur` / `zoom_blur`) and no
+    kernel: its sub-frames are averaged on the device."""
     threshold, gain = tone["highlights"] or (1.0, 1.0)
     row = [1.0, float(tone["srgb"]), tone["gamma"], float(tone["highlights"] is not None), threshold, gain,
            sensor["exposure"], float(sensor["bayer"]), float(sensor["noise"]), sensor["shot"], sensor["read"],
            *sensor["gains"], float(jpeg_quality), float(noise_seed % (1 << 52))]
+    if affine is None:
+        row += [0.0] * 6
+    else:
+        row += [1.0, *affine["center"], affine["total_angle"], affine["log_zoom"],
+                float(sub_frame_count(affine["max_disp"]))]
+    if kernel is None:
+        kernel = torch.zeros(KERNEL_SIZE, KERNEL_SIZE)
     return {"recipe": torch.tensor(row, dtype=torch.float64), "recipe_kernel": kernel.float()}
 
 
@@ -77,7 +91,8 @@ def render_batch(sharp: torch.Tensor, kernels: torch.Tensor, recipe: torch.Tenso
     threshold, gain = _col(recipe, "highlight_threshold", dtype), _col(recipe, "highlight_gain", dtype)
     ramp = ((linear.amax(dim=1, keepdim=True) - threshold) / (1 - threshold).clamp_min(1e-6)).clamp(0, 1)
     linear = linear * (1 + (gain - 1) * ramp)
-    signal = convolve(linear, kernels.to(dtype)).clamp(0, 1)
+    signal = convolve(linear, kernels.to(dtype))
+    signal = _render_affine(linear, recipe, signal).clamp(0, 1)
     exposure = _col(recipe, "exposure", dtype)
     gains = recipe[:, _F["gain_r"]:_F["gain_b"] + 1].to(dtype).view(-1, 3, 1, 1)
     bayer, noisy = _col(recipe, "bayer", dtype) > 0, _col(recipe, "noise", dtype) > 0
@@ -99,6 +114,31 @@ def render_batch(sharp: torch.Tensor, kernels: torch.Tensor, recipe: torch.Tenso
         compressed = jpeg_batch(out, quality.clamp_min(1))
         out = torch.where((quality > 0).view(-1, 1, 1, 1), compressed, out)
     return out.clamp(0, 1)
+
+
+def _render_affine(linear: torch.Tensor, recipe: torch.Tensor, blurred: torch.Tensor) -> torch.Tensor:
+    """`blurred` with the rotation / zoom rows replaced by their sub-frame averages (as
+    `glow.data.spatial.affine_path_blur`), all sub-frames of the batch in one grid_sample."""
+    rows = recipe.detach().cpu()  # a few numbers per sample, read once per batch
+    index = (rows[:, _F["affine"]] > 0).nonzero().flatten().tolist()
+    if not index:
+        return blurred
+    h, w = linear.shape[-2:]
+    grids, counts = [], []
+    for i in index:
+        r = rows[i].float()
+        n = int(r[_F["sub_frames"]])
+        t = torch.linspace(-0.5, 0.5, n)
+        grids.append(affine_path_grid(h, w, (float(r[_F["center_x"]]), float(r[_F["center_y"]])),
+                                      r[_F["total_angle"]] * t, torch.exp(r[_F["log_zoom"]] * t), linear.device))
+        counts.append(n)
+    repeats = torch.tensor(counts, device=linear.device)
+    frames = F.grid_sample(linear[index].repeat_interleave(repeats, dim=0), torch.cat(grids).to(linear.dtype),
+                           mode="bilinear", padding_mode="reflection", align_corners=False)
+    means = torch.stack([chunk.mean(0) for chunk in frames.split(counts)])
+    out = blurred.clone()
+    out[index] = means
+    return out
 
 
 def render_pending(batch: dict, generator: torch.Generator | None = None) -> dict:

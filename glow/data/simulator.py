@@ -30,6 +30,7 @@ __all__ = ["SimulatorConfig", "BlurSimulator", "BLUR_KINDS", "GLOBAL_KINDS", "de
 GLOBAL_KINDS = ("camera_shake", "linear_motion", "defocus", "gaussian")
 SPATIAL_KINDS = ("rotation", "zoom", "depth_defocus", "object_motion")
 BLUR_KINDS = GLOBAL_KINDS + SPATIAL_KINDS + ("none",)
+DEFERRABLE_KINDS = GLOBAL_KINDS + ("none", "rotation", "zoom")  # defer=True renders these on the training device
 
 
 @dataclass
@@ -168,6 +169,14 @@ class BlurSimulator:
         kernels = kernel.expand(h64, w64, KERNEL_SIZE, KERNEL_SIZE).contiguous()
         return kernel, motion, kernels, text, extra
 
+    @staticmethod
+    def _draw_affine(kind: str, rng: np.random.Generator, linear: torch.Tensor | None, h: int, w: int):
+        """Rotation or zoom; `linear=None`: drawn with its ground truth, the sub-frames not rendered."""
+        path_blur = rotation_blur if kind == "rotation" else zoom_blur
+        blurred, motion, kernels, info = path_blur(linear, rng, size=(h, w))
+        info["text"] = f"{_strength(info['max_disp'])} {'rotational' if kind == 'rotation' else 'zoom'} blur"
+        return blurred, motion, kernels, info
+
     def _blur(self, kind: str, linear: torch.Tensor, rng: np.random.Generator):
         """-> (blurred linear, motion [3,h8,w8], kernels [h64,w64,K,K], description, extra kinds)."""
         _, h, w = linear.shape
@@ -175,12 +184,9 @@ class BlurSimulator:
         if kind in GLOBAL_KINDS or kind == "none":
             kernel, motion, kernels, text, extra = self._draw_uniform(kind, rng, h, w)
             return convolve(linear, kernel), motion, kernels, text, extra
-        if kind == "rotation":
-            blurred, motion, kernels, info = rotation_blur(linear, rng)
-            return blurred, motion, kernels, f"{_strength(info['max_disp'])} rotational blur", extra
-        if kind == "zoom":
-            blurred, motion, kernels, info = zoom_blur(linear, rng)
-            return blurred, motion, kernels, f"{_strength(info['max_disp'])} zoom blur", extra
+        if kind in ("rotation", "zoom"):
+            blurred, motion, kernels, info = self._draw_affine(kind, rng, linear, h, w)
+            return blurred, motion, kernels, info["text"], extra
         if kind == "depth_defocus":
             blurred, motion, kernels, info = depth_defocus(linear, rng, max_radius=rng.uniform(2.0, 10.0))
             text = f"{_strength(math.sqrt(3) * info['max_radius'])} depth-dependent defocus"
@@ -234,10 +240,10 @@ class BlurSimulator:
 
     # ---------------------------------------------------------------- public
     def __call__(self, sharp, seed: int | None = None, kind: str | None = None, defer: bool = False) -> dict:
-        """`defer=True`: for the global kinds (and "none") draw everything but render nothing: the sample then has
+        """`defer=True`: for `DEFERRABLE_KINDS` draw everything but render nothing: the sample then has
         `"blurry"` = the sharp image, a `"recipe"` and a `"recipe_kernel"` (`glow.data.batched.pack_recipe`) that
         `glow.data.batched.render_batch` turns into the blurry image on any device, a whole batch at once.
-        Spatially varying kinds are rendered here either way."""
+        Depth defocus and moving objects are rendered here either way."""
         rng = self._stream if seed is None else np.random.default_rng(seed)
         sharp = _as_rgb(sharp)
         kind = kind or str(rng.choice(self._kinds, p=self._weights))
@@ -246,8 +252,12 @@ class BlurSimulator:
         noise_seed = int(rng.integers(2**62))
         c = self.config
         tone = self._draw_tone(rng)
-        deferred = defer and (kind in GLOBAL_KINDS or kind == "none")
-        if deferred:
+        deferred = defer and kind in DEFERRABLE_KINDS
+        affine = None
+        if deferred and kind in ("rotation", "zoom"):
+            _, motion, kernels, affine = self._draw_affine(kind, rng, None, *sharp.shape[-2:])
+            kernel, text, extra = None, affine["text"], []
+        elif deferred:
             kernel, motion, kernels, text, extra = self._draw_uniform(kind, rng, *sharp.shape[-2:])
         else:
             linear = camera.srgb_to_linear(sharp) if tone["srgb"] else camera.gamma_to_linear(sharp, tone["gamma"])
@@ -260,7 +270,7 @@ class BlurSimulator:
         if deferred:
             from .batched import pack_recipe
 
-            blurry, recipe = sharp, pack_recipe(kernel, tone, sensor, jpeg_quality, noise_seed)
+            blurry, recipe = sharp, pack_recipe(kernel, tone, sensor, jpeg_quality, noise_seed, affine)
         else:
             generator = torch.Generator().manual_seed(noise_seed)
             signal = blurred.clamp(0, 1)

@@ -43,19 +43,8 @@ def _affine_offsets(points: torch.Tensor, center, angles: torch.Tensor, scales: 
     return points.unsqueeze(-2) - mapped
 
 
-def affine_path_blur(linear: torch.Tensor, center, total_angle: float, log_zoom: float, max_step: float = 1.5):
-    """Average of sub-frames warped by A_t (t uniform in [-1/2, 1/2]: rotation a_t = total_angle t, scale
-    exp(log_zoom t)) -- what a camera rotating about its axis / moving forward records during one exposure.
-
-    The sub-frame count follows the largest displacement (≤ `max_step` px apart, 6..24), bilinear grid_sample."""
-    _, h, w = linear.shape
-    corners = torch.tensor([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=torch.float32)
-    ends = torch.tensor([-0.5, 0.5])
-    off = _affine_offsets(corners, center, total_angle * ends, torch.exp(log_zoom * ends))
-    max_disp = float((off[:, 1] - off[:, 0]).norm(dim=-1).max())
-    n_sub = int(min(24, max(6, math.ceil(max_disp / max_step) + 1)))
-    t = torch.linspace(-0.5, 0.5, n_sub)
-    angles, scales = total_angle * t, torch.exp(log_zoom * t)
+def affine_path_grid(h: int, w: int, center, angles: torch.Tensor, scales: torch.Tensor, device=None) -> torch.Tensor:
+    """grid_sample grids `[T, h, w, 2]` of the sub-frames warped by A_t (rotation `angles`, scale `scales`)."""
     # A_t is affine in pixel coordinates, hence also in grid_sample's normalised ones: n = D x + b
     d = torch.tensor([2.0 / w, 2.0 / h])
     b = torch.tensor([1.0 / w - 1, 1.0 / h - 1])
@@ -64,16 +53,32 @@ def affine_path_blur(linear: torch.Tensor, center, total_angle: float, log_zoom:
     rot = torch.stack([torch.stack([ca, -sa], -1), torch.stack([sa, ca], -1)], -2) * scales.view(-1, 1, 1)  # [T,2,2]
     lin = d.view(1, 2, 1) * rot / d.view(1, 1, 2)  # D sR D^-1
     shift = d * c - (lin @ b) - d * (rot @ c) + b
+    lin, shift = lin.to(device), shift.to(device)
     # broadcast instead of F.affine_grid (a batched matmul over all pixels, ~10x slower on CPU)
-    xn = ((2 * torch.arange(w, dtype=torch.float32) + 1) / w - 1).view(1, 1, w)
-    yn = ((2 * torch.arange(h, dtype=torch.float32) + 1) / h - 1).view(1, h, 1)
+    xn = ((2 * torch.arange(w, dtype=torch.float32, device=device) + 1) / w - 1).view(1, 1, w)
+    yn = ((2 * torch.arange(h, dtype=torch.float32, device=device) + 1) / h - 1).view(1, h, 1)
     co = lambda v: v.view(-1, 1, 1)  # noqa: E731
-    grid = torch.stack([co(lin[:, 0, 0]) * xn + co(lin[:, 0, 1]) * yn + co(shift[:, 0]),
+    return torch.stack([co(lin[:, 0, 0]) * xn + co(lin[:, 0, 1]) * yn + co(shift[:, 0]),
                         co(lin[:, 1, 0]) * xn + co(lin[:, 1, 1]) * yn + co(shift[:, 1])], dim=-1)
-    frames = F.grid_sample(linear.unsqueeze(0).expand(n_sub, -1, -1, -1), grid, mode="bilinear",
-                           padding_mode="reflection", align_corners=False)
-    blurred = frames.mean(0)
-    # ground truth from the continuous path (64 samples), not the sub-frames
+
+
+def affine_path_steps(h: int, w: int, center, total_angle: float, log_zoom: float, max_step: float = 1.5):
+    """-> (sub-frame count, largest displacement px): the count follows the largest displacement (≤ `max_step` px
+    apart, 6..24)."""
+    corners = torch.tensor([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=torch.float32)
+    ends = torch.tensor([-0.5, 0.5])
+    off = _affine_offsets(corners, center, total_angle * ends, torch.exp(log_zoom * ends))
+    max_disp = float((off[:, 1] - off[:, 0]).norm(dim=-1).max())
+    return sub_frame_count(max_disp, max_step), max_disp
+
+
+def sub_frame_count(max_disp: float, max_step: float = 1.5) -> int:
+    return int(min(24, max(6, math.ceil(max_disp / max_step) + 1)))
+
+
+def affine_path_truth(h: int, w: int, center, total_angle: float, log_zoom: float):
+    """Ground truth of an affine path, from the continuous path (64 samples), not the sub-frames:
+    (motion [3, h8, w8], kernels [h64, w64, K, K])."""
     t_fine = torch.linspace(-0.5, 0.5, 64)
     a_fine, s_fine = total_angle * t_fine, torch.exp(log_zoom * t_fine)
     m_off = _affine_offsets(patch_centers(h, w, MOTION_PATCH), center, a_fine, s_fine)
@@ -82,34 +87,60 @@ def affine_path_blur(linear: torch.Tensor, center, total_angle: float, log_zoom:
     k_off = _affine_offsets(k_centers, center, a_fine, s_fine)
     kh, kw = k_centers.shape[:2]
     kernels = rasterize_points(k_off.reshape(kh * kw, 64, 2)).view(kh, kw, KERNEL_SIZE, KERNEL_SIZE)
+    return motion, kernels
+
+
+def affine_path_blur(linear: torch.Tensor | None, center, total_angle: float, log_zoom: float, max_step: float = 1.5,
+                     h: int | None = None, w: int | None = None):
+    """Average of sub-frames warped by A_t (t uniform in [-1/2, 1/2]: rotation a_t = total_angle t, scale
+    exp(log_zoom t)) -- what a camera rotating about its axis / moving forward records during one exposure.
+
+    Bilinear grid_sample; `linear=None` (give `h`, `w`) draws nothing and returns `blurred=None` (the sub-frames are
+    then averaged later on the training device: `glow.data.batched`). -> (blurred, motion, kernels, max_disp)."""
+    if linear is not None:
+        _, h, w = linear.shape
+    n_sub, max_disp = affine_path_steps(h, w, center, total_angle, log_zoom, max_step)
+    blurred = None
+    if linear is not None:
+        t = torch.linspace(-0.5, 0.5, n_sub)
+        grid = affine_path_grid(h, w, center, total_angle * t, torch.exp(log_zoom * t))
+        frames = F.grid_sample(linear.unsqueeze(0).expand(n_sub, -1, -1, -1), grid, mode="bilinear",
+                               padding_mode="reflection", align_corners=False)
+        blurred = frames.mean(0)
+    motion, kernels = affine_path_truth(h, w, center, total_angle, log_zoom)
     return blurred, motion, kernels, max_disp
 
 
-def rotation_blur(linear: torch.Tensor, rng: np.random.Generator, max_disp: float | None = None):
+def rotation_blur(linear: torch.Tensor | None, rng: np.random.Generator, max_disp: float | None = None,
+                  size: tuple[int, int] | None = None):
     """In-plane camera rotation about a random centre (inside or near the frame); the farthest pixel moves
-    `max_disp` px (3..45 by default)."""
-    _, h, w = linear.shape
+    `max_disp` px (3..45 by default). `linear=None` with `size=(h, w)`: drawn, not rendered (see affine_path_blur)."""
+    h, w = linear.shape[-2:] if linear is not None else size
     center = (rng.uniform(-0.2, 1.2) * (w - 1), rng.uniform(-0.2, 1.2) * (h - 1))
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
     r_max = float(np.linalg.norm(corners - np.array(center), axis=1).max())
     if max_disp is None:
         max_disp = float(np.exp(rng.uniform(math.log(3), math.log(45))))
     angle = max_disp / max(r_max, 1.0) * rng.choice([-1.0, 1.0])
-    blurred, motion, kernels, disp = affine_path_blur(linear, center, angle, 0.0)
-    return blurred, motion, kernels, {"center": center, "angle_deg": math.degrees(angle), "max_disp": disp}
+    blurred, motion, kernels, disp = affine_path_blur(linear, center, angle, 0.0, h=h, w=w)
+    return blurred, motion, kernels, {"center": center, "angle_deg": math.degrees(angle), "max_disp": disp,
+                                      "total_angle": angle, "log_zoom": 0.0}
 
 
-def zoom_blur(linear: torch.Tensor, rng: np.random.Generator, max_disp: float | None = None):
-    """Forward/backward camera motion: radial streaks out of a focus of expansion near the centre."""
-    _, h, w = linear.shape
+def zoom_blur(linear: torch.Tensor | None, rng: np.random.Generator, max_disp: float | None = None,
+              size: tuple[int, int] | None = None):
+    """Forward/backward camera motion: radial streaks out of a focus of expansion near the centre. `linear=None`
+    with `size=(h, w)`: drawn, not rendered (see affine_path_blur)."""
+    h, w = linear.shape[-2:] if linear is not None else size
     center = (rng.uniform(0.2, 0.8) * (w - 1), rng.uniform(0.2, 0.8) * (h - 1))
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
     r_max = float(np.linalg.norm(corners - np.array(center), axis=1).max())
     if max_disp is None:
         max_disp = float(np.exp(rng.uniform(math.log(3), math.log(40))))
     log_zoom = max_disp / max(r_max, 1.0) * rng.choice([-1.0, 1.0])
-    blurred, motion, kernels, disp = affine_path_blur(linear, center, 0.0, log_zoom)
-    return blurred, motion, kernels, {"center": center, "zoom": math.exp(log_zoom), "max_disp": disp}
+    blurred, motion, kernels, disp = affine_path_blur(linear, center, 0.0, log_zoom, h=h, w=w)
+    return blurred, motion, kernels, {"center": center, "zoom": math.exp(log_zoom), "max_disp": disp,
+                                      "total_angle": 0.0, "log_zoom": log_zoom}
 
 
 def smooth_noise(h: int, w: int, rng: np.random.Generator, cells: int = 4) -> torch.Tensor:
