@@ -6,6 +6,9 @@ logged with samples_per_s, steps_per_s and data_wait_share). The first `--warmup
 
     python benchmarks/bench_train.py                       # small preset, 256 px, batch 4, workers 0 and 1
     python benchmarks/bench_train.py --preset tiny --steps 6 --workers 0
+    # a GPU machine with the training pack: where does a step stop waiting for data?
+    python benchmarks/bench_train.py --data packs/train --batch_size 32 64 128 256 --workers 15 --steps 60 \
+        --mixed_precision bf16 --text_embeddings packs/train/text_embeddings.safetensors
 """
 import argparse
 import json
@@ -32,14 +35,19 @@ def synthetic_data(folder: Path) -> tuple[Path, Path | None]:
     return sharp, None
 
 
-def measure(args, workers: int, sharp: Path, frames: Path | None, out: Path) -> dict:
+def measure(args, workers: int, batch_size: int, sharp: Path, frames: Path | None, out: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "train" / "bpp.py"), "--preset", args.preset, "--resolution",
-           str(args.resolution), "--train_batch_size", str(args.batch_size), "--train_data_dir", str(sharp),
+           str(args.resolution), "--train_batch_size", str(batch_size), "--train_data_dir", str(sharp),
            "--output_dir", str(out), "--max_train_steps", str(args.steps), "--logging_steps", "1",
            "--checkpointing_steps", str(10**9), "--validation_steps", "0", "--dataloader_num_workers", str(workers),
            "--diffusion_start_step", str(args.diffusion_start_step)]
     if frames is not None:
-        cmd += ["--frames_data_dir", str(frames)]
+        cmd += ["--frames_data_dir", str(frames), "--val_frames_holdout", str(args.val_frames_holdout)]
+    cmd += ["--mixed_precision", args.mixed_precision]
+    if args.text_embeddings:
+        cmd += ["--text_embeddings", args.text_embeddings]
+    if args.render_on_device is not None:
+        cmd += ["--render_on_device" if args.render_on_device else "--no-render_on_device"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -48,8 +56,8 @@ def measure(args, workers: int, sharp: Path, frames: Path | None, out: Path) -> 
     steps = [r for r in records if "steps_per_s" in r and r["step"] > args.warmup]
     seconds = sum(1.0 / r["steps_per_s"] for r in steps)
     waited = sum(r["data_wait_share"] / r["steps_per_s"] for r in steps)
-    return {"workers": workers, "steps": len(steps), "steps_per_s": len(steps) / seconds,
-            "samples_per_s": len(steps) * args.batch_size / seconds, "data_wait_share": waited / seconds,
+    return {"workers": workers, "batch": batch_size, "steps": len(steps), "steps_per_s": len(steps) / seconds,
+            "samples_per_s": len(steps) * batch_size / seconds, "data_wait_share": waited / seconds,
             "wall_s_incl_startup": wall}
 
 
@@ -57,7 +65,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="small")
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--batch_size", type=int, nargs="+", default=[4], help="One run per batch size (and worker count).")
+    p.add_argument("--data", default=None, help="A folder with sharp/ (and frames/): a training pack, say.")
+    p.add_argument("--val_frames_holdout", type=int, default=60, help="0 for a pack (held out already).")
+    p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--text_embeddings", default=None, help="Precomputed prompt embeddings (no text encoder needed).")
+    p.add_argument("--render_on_device", action=argparse.BooleanOptionalAction, default=None,
+                   help="Passed to bpp.py (default: its own, on with a GPU).")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1])
@@ -68,17 +82,21 @@ def main():
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.synthetic or not (SHARED / "sharp").is_dir():
+        root = Path(args.data) if args.data else SHARED
+        if args.synthetic or not (root / "sharp").is_dir():
             sharp, frames = synthetic_data(tmp / "data")
         else:
-            sharp, frames = SHARED / "sharp", (SHARED / "frames" if (SHARED / "frames").is_dir() else None)
-        results = [measure(args, w, sharp, frames, tmp / f"run{w}") for w in args.workers]
-    print(f"preset={args.preset} resolution={args.resolution} batch={args.batch_size} cores={os.cpu_count()} "
-          f"loadavg(1m) before={load_before[0]:.2f} after={os.getloadavg()[0]:.2f} data={'synthetic' if args.synthetic else sharp}")
-    print("| DataLoader workers | steps/s | samples/s | data-wait share |")
-    print("|---|---|---|---|")
+            sharp, frames = root / "sharp", (root / "frames" if (root / "frames").is_dir() else None)
+        results = [measure(args, w, b, sharp, frames, tmp / f"run{w}-{b}") for b in args.batch_size
+                   for w in args.workers]
+    print(f"preset={args.preset} resolution={args.resolution} cores={os.cpu_count()} "
+          f"precision={args.mixed_precision} loadavg(1m) before={load_before[0]:.2f} after={os.getloadavg()[0]:.2f} "
+          f"data={'synthetic' if args.synthetic else sharp}")
+    print("| batch | DataLoader workers | steps/s | samples/s | data-wait share |")
+    print("|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['workers']} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {r['data_wait_share']:.0%} |")
+        print(f"| {r['batch']} | {r['workers']} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | "
+              f"{r['data_wait_share']:.0%} |")
     print(json.dumps(results, indent=2))
 
 

@@ -6,6 +6,7 @@
 #   python -m glow.data.pack ../shared/data packs/train --max_mb 35   # once, here: the data that travels
 #   train/device_wheels.sh                                            # once, here: diffusers for the device
 #   train/accelerator_run.sh MINUTES RESULT_DIR [extra train/bpp.py flags, later ones win]
+#   BENCH_BATCHES="32 64 128 256" train/accelerator_run.sh MINUTES RESULT_DIR   # throughput sweep instead
 #
 # Environment: PACK (default packs/train), WHEELS (.whl), BATCH (64), LR (4e-4), MIXED_PRECISION (bf16 on a GPU, no on CPU),
 # WORKERS (CPU cores - 1), INIT_FROM (a pipeline folder, default glow/default_model: joint fine-tuning with
@@ -26,6 +27,15 @@ export PYTHONUNBUFFERED=1
 pack=${PACK:-packs/train}
 [ -d "$pack/sharp" ] || { echo "no training pack at $pack: run python -m glow.data.pack first" >&2; exit 2; }
 gpu=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))')
+if [ -n "${BENCH_BATCHES:-}" ]; then  # throughput sweep instead of a run: where does a step stop waiting for data?
+  timeout --kill-after=10 "$(python3 -c "print(int($minutes * 60))")" \
+  python3 benchmarks/bench_train.py --data "$pack" --val_frames_holdout 0 --batch_size $BENCH_BATCHES \
+    --workers "${WORKERS:-$(( $(nproc) - 1 ))}" --steps "${BENCH_STEPS:-60}" --warmup 5 \
+    --mixed_precision "${MIXED_PRECISION:-$([ "$gpu" = 1 ] && echo bf16 || echo no)}" \
+    $([ -f "$pack/text_embeddings.safetensors" ] && echo --text_embeddings "$pack/text_embeddings.safetensors") \
+    "$@" 2>&1 | tee "$result/bench.txt"
+  exit
+fi
 run=$(mktemp -d /tmp/glow-run.XXXX)/run
 frames=()
 [ -d "$pack/frames" ] && frames=(--frames_data_dir "$pack/frames" --val_frames_holdout 0)  # held out in the pack
