@@ -59,6 +59,10 @@ def _data_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
            '\'{"kind_weights": {"linear_motion": 1.0}, "linear_length": [3, 15], "p_noise": 0}\' '
            "(a narrower blur distribution, a different camera). Default: the full BPP mix.")
     a("--resolution", type=int, default=256, help="Square training crop size (multiple of 64).")
+    a("--deconvolved_inputs", type=float, default=0.0,
+      help="Share of the simulated samples with a known kernel that the networks see deconvolved, as the pipeline "
+           "deconvolves photos before them (perturbed kernel, random confidence; glow/training/deconvolved.py). "
+           "Needs --render_on_device. Validation then runs the pipeline with its blind deconvolution.")
     a("--render_on_device", action=argparse.BooleanOptionalAction, default=None,
       help="Simulated global blur (shake, linear, defocus, gaussian; most of the mix) is drawn in the DataLoader "
            "workers and rendered a batch at once on the training device (glow.data.batched). Default: on with a GPU.")
@@ -169,4 +173,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         args.hub_token = os.environ.get("HF_TOKEN")
     if args.render_on_device is None:
         args.render_on_device = torch.cuda.is_available()
+    if not 0.0 <= args.deconvolved_inputs <= 1.0:
+        parser.error(f"--deconvolved_inputs is a share in [0, 1], got {args.deconvolved_inputs}")
+    if args.deconvolved_inputs > 0 and not args.render_on_device:
+        parser.error("--deconvolved_inputs needs --render_on_device (the kernels travel with the deferred samples)")
     return args

@@ -129,6 +129,10 @@ class Trainer:
         self.raw_module: GLOWTrainingModule = accelerator.unwrap_model(self.module)
         if self.ema is not None:  # the shadow weights were made before prepare() moved the module
             self.ema.ema.to(accelerator.device)
+        if args.deconvolved_inputs > 0:
+            if getattr(pipeline, "blind_deconvolution", None) is None:
+                raise ValueError("--deconvolved_inputs needs a pipeline with a blind_deconvolution component")
+            pipeline.blind_deconvolution.to(accelerator.device)
 
     def _resume(self) -> Path | None:
         args = self.args
@@ -186,6 +190,11 @@ class Trainer:
             render_gen = torch.Generator(accelerator.device).manual_seed(gen.initial_seed() ^ 0x5EED)
             with torch.no_grad():
                 render_pending(batch, render_gen)
+            if self.args.deconvolved_inputs > 0:  # what the networks see after the pipeline's deconvolution
+                from .deconvolved import deconvolve_inputs
+
+                deconvolve_inputs(batch, self.pipeline.blind_deconvolution, self.args.deconvolved_inputs,
+                                  torch.Generator().manual_seed(gen.initial_seed() ^ 0xDEC0))
         return batch, gen
 
     def _diffusion_inputs(self, batch: dict, gen: torch.Generator) -> dict:
@@ -278,7 +287,8 @@ class Trainer:
         started = time.perf_counter()
         if accelerator.is_main_process and self.val_samples:
             metrics, grid = self.with_ema_weights(lambda: run_validation(
-                self.pipeline, self.raw_module, self.val_samples, accelerator.device, self.args.validation_seed))
+                self.pipeline, self.raw_module, self.val_samples, accelerator.device, self.args.validation_seed,
+                deconvolve=self.args.deconvolved_inputs > 0))
             metrics["val/seconds"] = time.perf_counter() - started
             self.last_metrics = metrics
             (self.output_dir / "validation").mkdir(exist_ok=True)

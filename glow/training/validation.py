@@ -58,7 +58,8 @@ def make_grid(rows: list[list[torch.Tensor]], pad: int = 4):
 
 
 @torch.no_grad()
-def run_validation(pipeline, module: GLOWTrainingModule, samples: list[dict], device, seed: int) -> tuple[dict, object]:
+def run_validation(pipeline, module: GLOWTrainingModule, samples: list[dict], device, seed: int,
+                   deconvolve: bool = False) -> tuple[dict, object]:
     """PSNR/SSIM of the pre-reconstruction alone and of the full pipeline at its default settings, and a grid
     (rows: blurry | pre-reconstruction | pipeline | sharp)."""
     from glow.metrics import psnr, ssim
@@ -72,7 +73,7 @@ def run_validation(pipeline, module: GLOWTrainingModule, samples: list[dict], de
         est = module.motion_estimator(blurry)
         prerecon = module.prereconstruction(blurry, est.kernels, est.motion).image.clamp(0, 1)[0].cpu()
         generator = torch.Generator().manual_seed(seed + i)
-        restored = pipeline_restore(pipeline, s["blurry"], generator)
+        restored = pipeline_restore(pipeline, s["blurry"], generator, deconvolve)
         scores["blurry_psnr"].append(psnr(s["blurry"], s["sharp"]))
         scores["prerecon_psnr"].append(psnr(prerecon, s["sharp"]))
         scores["prerecon_ssim"].append(ssim(prerecon, s["sharp"]))
@@ -85,9 +86,9 @@ def run_validation(pipeline, module: GLOWTrainingModule, samples: list[dict], de
     return metrics, make_grid(rows)
 
 
-def pipeline_restore(pipeline, blurry: torch.Tensor, generator) -> torch.Tensor:
-    """Runs the pipeline at its default settings (no prompt, as a user would) on one [3,H,W] image, without the
-    blind deconvolution: it has no weights, so training cannot change it, and the networks are still trained on
-    blurry inputs (curves stay comparable with the runs before it existed)."""
-    out = pipeline(image=blurry, generator=generator, output_type="pt", deconvolve=False)
+def pipeline_restore(pipeline, blurry: torch.Tensor, generator, deconvolve: bool = False) -> torch.Tensor:
+    """Runs the pipeline at its default settings (no prompt, as a user would) on one [3,H,W] image. Without the
+    blind deconvolution unless `deconvolve` (--deconvolved_inputs runs): it has no weights, so training cannot change
+    it, and networks trained on blurry inputs keep curves comparable with the runs before it existed."""
+    out = pipeline(image=blurry, generator=generator, output_type="pt", deconvolve=deconvolve)
     return out.images[0][:3].float().cpu().clamp(0, 1)
