@@ -133,6 +133,16 @@ def grad_yt(g):
     return g - torch.roll(g, -1, dims=-2)
 
 
+def noise_sigma(lum):
+    """Standard deviation of white noise in ``[..., H, W]``: the median absolute diagonal Haar detail / 0.6745
+    (Donoho's estimator; edges are sparse there, so the median sees mostly noise). JPEG and ISP denoising leave real
+    photos with ~0 here; simulated 1% noise reads as ~0.006 on luminance."""
+    h, w = lum.shape[-2:]
+    x = lum[..., : h // 2 * 2, : w // 2 * 2]
+    hh = (x[..., 0::2, 0::2] - x[..., 1::2, 0::2] - x[..., 0::2, 1::2] + x[..., 1::2, 1::2]) / 2
+    return float(hh.abs().flatten().median()) / 0.6745
+
+
 def largest_component(mask, weights):
     """Keep the 8-connected component of ``mask`` (``[k, k]`` bool) with the most ``weights`` mass. Labels spread by
     max-pooling (kernels are at most ~100 px, so this converges in about a kernel diameter of cheap steps)."""
@@ -222,6 +232,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         edge_pixels: per kernel pixel, how many salient latent edges per orientation the kernel step keeps.
         spectral_ratio_range: ``spectral_ratio`` below the first value keeps full confidence, above the second none.
         gate_tile: tile size (px, estimation scale) of ``confidence_map``; 0 = deconvolve the whole photo alike.
+        noise_aware_tiles: ``confidence_map`` subtracts white noise's power (``noise_sigma``) before comparing, and a
+            tile left with no evidence keeps the photo's confidence (without it, flat tiles at 1% noise were switched
+            off: -0.6 dB on uniform shake, docs/deconvolution.md).
         linear_light: estimate on linear-light luminance instead of sRGB.
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
             the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``).
@@ -247,18 +260,19 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         hqs_kappa: float = 3.0,
         kernel_tikhonov: float = 2.0,
         kernel_cg_iterations: int = 10,
-        kernel_lowpass: float = 1.5,
+        kernel_lowpass: float = 0.75,
         edge_pixels: float = 20.0,
         kernel_threshold: float = 0.05,
         linear_light: bool = False,
         deconv_weight: float = 1e-3,
         deconv_iterations: int = 6,
         deconv_length_scale: float = 60.0,
-        min_blur_length: float = 2.0,
-        full_blur_length: float = 4.0,
+        min_blur_length: float = 5.0,
+        full_blur_length: float = 10.0,
         saturation: float = 0.97,
         spectral_ratio_range: tuple = (0.25, 0.5),
         gate_tile: int = 192,
+        noise_aware_tiles: bool = True,
     ):
         super().__init__()
         # the channel weights of the luminance the kernel is estimated on; the component's only tensor (diffusers
@@ -433,13 +447,14 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         return kernel
 
     @staticmethod
-    def spectral_ratio(region, kernel, saturated=None):
+    def spectral_ratio(region, kernel, saturated=None, noise=0.0):
         """Does the photo's spectrum follow the kernel? In each ring of frequencies (same radius, so a natural
         photo's own 1/f fall-off cancels), the power where the kernel passes least (its lowest-gain quarter) over
         the power where it passes most (highest quarter), over the rings where the kernel's gains differ by 4x or
         more; the median. Ranks the kernel-size hypotheses and gates the deconvolution. A photo blurred by this kernel gives a small ratio (measured <= 0.22 on simulated shake,
         <= 0.15 on the real motion-blurred photos); a sharp photo, whose detail the kernel says cannot exist, gives
-        ~0.3-1. ``inf`` when fewer than 3 rings can be tested (a compact, isotropic kernel: no evidence)."""
+        ~0.3-1. ``inf`` when fewer than 3 rings can be tested (a compact, isotropic kernel: no evidence). ``noise``
+        (its standard deviation) is subtracted as a flat power floor; a ring with no power above it is not tested."""
         h, w = region.shape[-2:]
         win = torch.hann_window(h, periodic=False, device=region.device)[:, None] * torch.hann_window(
             w, periodic=False, device=region.device)[None, :]
@@ -449,6 +464,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             win = win * (1 - F.avg_pool2d(near[None, None], 9, stride=1, padding=4, count_include_pad=False)[0, 0])
         centred = (region - (region * win).sum() / win.sum().clamp_min(1e-6)) * win
         power = torch.fft.rfft2(centred).abs() ** 2
+        floor = noise**2 * float((win * win).sum())  # white noise's expected power per frequency
         gain = psf2otf(kernel, (h, w)).abs() ** 2
         fy = torch.fft.fftfreq(h, device=region.device).view(-1, 1)
         fx = torch.fft.rfftfreq(w, device=region.device).view(1, -1)
@@ -459,7 +475,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             g = gain[ring]
             low, high = ring & (gain <= torch.quantile(g, 0.25)), ring & (gain >= torch.quantile(g, 0.75))
             if float(gain[high].mean()) > 4 * float(gain[low].mean()):
-                ratios.append(float(power[low].mean() / power[high].mean().clamp_min(1e-20)))
+                p_low, p_high = float(power[low].mean()) - floor, float(power[high].mean()) - floor
+                if p_high > floor:  # a ring with signal above the noise
+                    ratios.append(max(p_low, 0.0) / p_high)
         return float(torch.tensor(ratios).median()) if len(ratios) >= 3 else float("inf")
 
     @torch.no_grad()
@@ -584,6 +602,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             lum = F.interpolate(lum, scale_factor=down, mode="bilinear", antialias=True, align_corners=False)
             kernel = resize_kernel(kernel, max(3, int(round(kernel.shape[-1] * down)) | 1))
         saturated = (lum >= cfg.saturation).to(lum.dtype)
+        noise = noise_sigma(lum) if cfg.noise_aware_tiles else 0.0
         tile = cfg.gate_tile
         nz = torch.nonzero(kernel > 0)
         r = int((nz - kernel.shape[-1] // 2).abs().max()) if len(nz) else 0
@@ -599,8 +618,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
                 ratio = self.spectral_ratio(lum[0, 0, y0 : y0 + tile, x0 : x0 + tile], kernel,
-                                            saturated[0, 0, y0 : y0 + tile, x0 : x0 + tile])
-                grid[i, j] = min(1.0, max(0.0, (hi - ratio) / (hi - lo)))
+                                            saturated[0, 0, y0 : y0 + tile, x0 : x0 + tile], noise)
+                # a tile without evidence either way (flat, or its detail below the noise) keeps the photo's confidence
+                grid[i, j] = 1.0 if ratio == float("inf") else min(1.0, max(0.0, (hi - ratio) / (hi - lo)))
         return F.interpolate(grid[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
     # ------------------------------------------------------------------ both
