@@ -78,3 +78,25 @@ def test_dataset_renders_spatial_kinds_itself_and_collate_fills_idle_recipes(tmp
     render_pending(batch, torch.Generator().manual_seed(0))
     assert torch.equal(batch["blurry"][0], before[0]) and torch.equal(batch["blurry"][2], before[2])
     assert psnr(batch["blurry"][1], batch["sharp"][1]) < 40  # now blurred
+
+
+def test_each_row_takes_only_its_own_camera_path():
+    """A batch mixing Bayer / RGB rows and JPEG / no JPEG renders each row as that row alone would be rendered
+    (each path runs on its rows only)."""
+    index = {name: i for i, name in enumerate(RECIPE_FIELDS)}
+    n = 4
+    recipe = torch.zeros(n, len(RECIPE_FIELDS), dtype=torch.float64)
+    for name, value in (("pending", 1), ("srgb", 1), ("gamma", 2.2), ("highlight_threshold", 1),
+                        ("highlight_gain", 1), ("exposure", 1.5), ("gain_r", 1.2), ("gain_g", 1), ("gain_b", 1.4)):
+        recipe[:, index[name]] = value
+    recipe[:, index["bayer"]] = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    recipe[:, index["jpeg_quality"]] = torch.tensor([0.0, 0.0, 75.0, 90.0], dtype=torch.float64)
+    sharp = torch.rand(n, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    kernels = torch.zeros(n, 7, 7)
+    kernels[:, 3, 1:6] = 0.2
+    batch = render_batch(sharp, kernels, recipe)
+    alone = torch.cat([render_batch(sharp[i : i + 1], kernels[i : i + 1], recipe[i : i + 1]) for i in range(n)])
+    assert torch.allclose(batch, alone, atol=1e-6)
+    flipped = recipe.clone()
+    flipped[:, index["bayer"]] = 1 - flipped[:, index["bayer"]]
+    assert (render_batch(sharp, kernels, flipped) - batch).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # each path counts

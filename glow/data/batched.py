@@ -98,21 +98,30 @@ def render_batch(sharp: torch.Tensor, kernels: torch.Tensor, recipe: torch.Tenso
     bayer, noisy = _col(recipe, "bayer", dtype) > 0, _col(recipe, "noise", dtype) > 0
     shot, read = _col(recipe, "shot", dtype), _col(recipe, "read", dtype)
     n, _, h, w = sharp.shape
-    masks = _bayer_masks(h, w, sharp.device, dtype)
-    raw = (masks * (signal / gains)).sum(dim=1, keepdim=True) * exposure
     draws = torch.randn((n, 4, h, w), generator=generator, device=sharp.device, dtype=dtype)
-    raw_noise = torch.sqrt(shot * raw.clamp_min(0) + read * read) * draws[:, :1]
-    raw = torch.where(noisy, raw + raw_noise, raw)
-    from_raw = _demosaic(raw.clamp(0, 1), masks) / exposure * gains
-    exposed = signal * exposure
-    rgb_noise = torch.sqrt(shot * exposed.clamp_min(0) + read * read) * draws[:, 1:]
-    from_rgb = torch.where(noisy, (exposed + rgb_noise).clamp(0, 1) / exposure, signal)
-    signal = torch.where(bayer, from_raw, from_rgb).clamp(0, 1)
+    # each row takes one camera path: render each path only for its rows (the draws stay per row, so a row's result
+    # does not depend on which other rows share its batch)
+    rows_raw = bayer.flatten().nonzero().flatten()
+    rows_rgb = (~bayer.flatten()).nonzero().flatten()
+    signal = signal.clone()
+    if rows_raw.numel():
+        r = rows_raw
+        masks = _bayer_masks(h, w, sharp.device, dtype)
+        raw = (masks * (signal[r] / gains[r])).sum(dim=1, keepdim=True) * exposure[r]
+        raw_noise = torch.sqrt(shot[r] * raw.clamp_min(0) + read[r] * read[r]) * draws[r, :1]
+        raw = torch.where(noisy[r], raw + raw_noise, raw)
+        signal[r] = _demosaic(raw.clamp(0, 1), masks) / exposure[r] * gains[r]
+    if rows_rgb.numel():
+        r = rows_rgb
+        exposed = signal[r] * exposure[r]
+        rgb_noise = torch.sqrt(shot[r] * exposed.clamp_min(0) + read[r] * read[r]) * draws[r, 1:]
+        signal[r] = torch.where(noisy[r], (exposed + rgb_noise).clamp(0, 1) / exposure[r], signal[r])
+    signal = signal.clamp(0, 1)
     out = torch.where(srgb, camera.linear_to_srgb(signal), signal.clamp_min(1e-12) ** (1.0 / gamma))
     quality = recipe[:, _F["jpeg_quality"]]
-    if bool((quality > 0).any()):
-        compressed = jpeg_batch(out, quality.clamp_min(1))
-        out = torch.where((quality > 0).view(-1, 1, 1, 1), compressed, out)
+    rows_jpeg = (quality > 0).nonzero().flatten()
+    if rows_jpeg.numel():  # only the rows that are compressed
+        out[rows_jpeg] = jpeg_batch(out[rows_jpeg], quality[rows_jpeg])
     return out.clamp(0, 1)
 
 
