@@ -11,7 +11,6 @@ API: `gradio_client.Client(url).predict(handle_file(path), ..., api_name="/deblu
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -91,17 +90,6 @@ def get_pipeline():
 # ---------------------------------------------------------------------------------------------------------------
 # Model call (the only GPU work)
 # ---------------------------------------------------------------------------------------------------------------
-def estimate_tiles(width: int, height: int, tile_size: int | None, tile_overlap: int) -> int:
-    """Tiles the pipeline will use (sizes padded to 64); only a first guess for the progress bar, which then follows
-    the pipeline's own per-tile callback."""
-    def along(length):
-        padded = -(-length // TILE_MULTIPLE) * TILE_MULTIPLE
-        return 1 if not tile_size or padded <= tile_size else math.ceil((padded - tile_overlap) /
-                                                                        (tile_size - tile_overlap))
-
-    return along(width) * along(height)
-
-
 @spaces.GPU(duration=60)
 def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int, tile_overlap: int,
                  guidance_scale: float, deconvolve: bool = True, progress=gr.Progress()):
@@ -114,23 +102,11 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
         tile_size = DEFAULT_TILE_SIZE
     if tile_size:
         tile_overlap = min(tile_overlap, tile_size - TILE_MULTIPLE)
-    height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
-    state = {"tiles_done": 0, "steps": 0, "tiles": estimate_tiles(width, height, tile_size, tile_overlap)}
-    share = 1.0 / (steps + 1)  # of a tile's time: the motion estimate + pre-reconstruction, then each step
+    state = {"tiles": 1}
 
-    def report():
-        fraction = (state["tiles_done"] + min(1.0, (1 + state["steps"]) * share)) / state["tiles"]
-        tile = f" (tile {min(state['tiles_done'] + 1, state['tiles'])}/{state['tiles']})" if state["tiles"] > 1 else ""
-        progress(0.05 + 0.9 * min(1.0, fraction), desc=f"Deblurring{tile}")
-
-    def on_step_end(pipe, step, timestep, callback_kwargs):  # diffusers' step callback: drives the progress bar
-        state["steps"] += 1
-        report()
-        return callback_kwargs
-
-    def on_tile_end(pipe, tile_index, num_tiles, callback_kwargs):
-        state.update(tiles_done=tile_index + 1, tiles=num_tiles, steps=0)
-        report()
+    def on_tile_end(pipe, tile_index, num_tiles, callback_kwargs):  # every tile of every pass: the progress bar
+        state["tiles"] = callback_kwargs["tiles_per_pass"]
+        progress(0.05 + 0.9 * (tile_index + 1) / num_tiles, desc="Deblurring")
 
     started = time.perf_counter()
     output = pipe(
@@ -145,12 +121,9 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
         tile_overlap=tile_overlap,
         output_type="pil",
         return_dict=True,
-        callback_on_step_end=on_step_end,
         callback_on_tile_end=on_tile_end,
     )
     motion = output.motion_fields[0]
-    if hasattr(motion, "detach"):
-        motion = motion.detach().float().cpu()
     kernel = output.kernels[0] if output.kernels else None  # None: a pipeline without blind deconvolution
     confidence = output.blur_confidences[0] if output.blur_confidences else None
     return (output.images[0], motion, output.prereconstructions[0], state["tiles"], tile_size,

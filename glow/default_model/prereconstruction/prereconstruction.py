@@ -202,10 +202,12 @@ class PreReconstructionUNet(ModelMixin, ConfigMixin):
             self.wiener_log_sigma0 = nn.Parameter(torch.tensor(math.log(wiener_init_sigma0)))
 
     def wiener(self, blurry, kernels, noise_sigma=None):
-        """The physics branch alone (differentiable): ``[B,3,H,W]``."""
+        """The physics branch alone (differentiable): ``[B,3,H,W]``. In float32 whatever the model's dtype: FFTs
+        need it (CPU has no half-precision FFT; CUDA only for power-of-two sizes) and it is cheap next to the U-Net."""
         return wiener_deconvolve(
-            blurry, kernels, self.wiener_band_log_scale, self.wiener_log_sigma0, self.config.wiener_tile, noise_sigma
-        )
+            blurry.float(), kernels.float(), self.wiener_band_log_scale.float(), self.wiener_log_sigma0.float(),
+            self.config.wiener_tile, noise_sigma,
+        ).to(blurry.dtype)
 
     def forward(self, blurry, kernels=None, motion=None, return_dict=True):
         _, _, h, w = blurry.shape
