@@ -1,6 +1,8 @@
-# Self-contained: copied into saved pipeline folders and imported by diffusers with trust_remote_code where `glow`
-# is not importable. Imports only torch, numpy, PIL, diffusers, transformers, huggingface_hub and the standard library.
-"""GLOWDeblurPipeline: motion-guided pre-reconstruction + a small Sana transformer refining the residual.
+# Self-contained: copied into saved pipeline folders (with image_processing_glowdeblur.py beside it) and imported by
+# diffusers with trust_remote_code where `glow` is not importable. Imports only torch, numpy, diffusers, transformers,
+# huggingface_hub and the standard library.
+"""GLOWDeblurPipeline: blind deconvolution of the photo, a motion-guided pre-reconstruction U-Net, then a small Sana
+transformer refining the residual in a few flow-matching steps.
 
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained("path/or/hub-id", trust_remote_code=True)
@@ -12,25 +14,24 @@ Conventions shared with training (see DESIGN.md):
 - flow matching ``x_t = (1 - σ) x0 + σ ε``, velocity target ``ε - x0``, transformer ``timestep = σ * 1000``;
 - transformer input ``GLOWDeblurPipeline.transformer_input(x_t, features, motion)``.
 """
-import copy
 import importlib
 import inspect
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
-import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-PAD_MULTIPLE = 64  # the kernel grid; also a multiple of the /8 token grid
+from .image_processing_glowdeblur import (
+    PAD_MULTIPLE, finish_image, pad_reflect, padded_length, prepare_images, tile_grid,
+)
+
 DEFAULT_TILE_SIZE = 512  # px: bounded memory at about full speed (docs/pipeline.md)
 LATENT_DOWNSCALE = 8
 
@@ -50,248 +51,19 @@ class GLOWDeblurPipelineOutput(BaseOutput):
     blur_confidences: list | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# input / output conversion (hand-written rather than VaeImageProcessor: we must keep grayscale, alpha, 16-bit and
-# arbitrary sizes, and VaeImageProcessor normalises everything to RGB/[-1, 1] and resizes)
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class _ImageInfo:
-    kind: str  # "pil" | "np" | "pt"
-    channels: int  # 1 or 3 colour channels in the input
-    alpha: torch.Tensor | None  # [1, H, W] in [0, 1], passed through untouched
-    sixteen_bit: bool
-    height: int
-    width: int
+def _copy_module(source, folder):
+    """Copy a module into ``folder`` with the sibling modules it imports relatively (``from .x import y``), which
+    diffusers' dynamic-module loader then copies along with it. -> the source path."""
+    from diffusers.utils.dynamic_modules_utils import get_relative_imports
 
-
-def _pil_to_array(img):
-    img = PIL.ImageOps.exif_transpose(img)
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode == "1":
-        img = img.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        img = img.convert("RGB")
-    mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.float32) / 65535.0
-        return np.clip(arr, 0, 1)[..., None], True
-    if mode == "F":
-        return np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None], False
-    if mode not in ("L", "LA", "RGB", "RGBA"):
-        img = img.convert("RGB")
-    arr = np.asarray(img).astype(np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return arr, False
-
-
-def _array_to_float(arr, what):
-    if arr.size == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(arr.shape)})")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0, False
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0, True
-    if arr.dtype in (np.float16, np.float32, np.float64):
-        arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{what} contains NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(f"float {what} must have values in [0, 1], got [{lo:.4g}, {hi:.4g}]")
-        return np.clip(arr, 0, 1), False
-    raise TypeError(f"{what} has unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
-
-
-def _split_channels(chw, what):
-    """``[C,H,W]`` with C in 1, 2, 3, 4 -> (rgb [3,H,W], channels, alpha or None)."""
-    c = chw.shape[0]
-    if c not in (1, 2, 3, 4):
-        raise ValueError(f"{what} has {c} channels; expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)")
-    if min(chw.shape[1:]) < 1:
-        raise ValueError(f"{what} is empty (shape {tuple(chw.shape)})")
-    colour = chw[:1] if c in (1, 2) else chw[:3]
-    alpha = chw[-1:] if c in (2, 4) else None
-    rgb = colour.expand(3, -1, -1) if colour.shape[0] == 1 else colour
-    return rgb.contiguous(), colour.shape[0], alpha
-
-
-def prepare_images(image):
-    """Any supported input -> list of (rgb ``[3,H,W]`` float32 in [0,1], ``_ImageInfo``). Raises TypeError/ValueError."""
-    if isinstance(image, (list, tuple)):
-        if len(image) == 0:
-            raise ValueError("image list is empty")
-        out = []
-        for i, im in enumerate(image):
-            out.extend(_prepare_one(im, f"image[{i}]"))
-        return out
-    return _prepare_one(image, "image")
-
-
-def _from_hwc_float(arr, sixteen, kind, what):
-    """float HxWxC array -> (rgb [3,H,W], _ImageInfo) for PIL and numpy inputs alike."""
-    chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    rgb, channels, alpha = _split_channels(chw, what)
-    return rgb, _ImageInfo(kind, channels, alpha, sixteen, chw.shape[1], chw.shape[2])
-
-
-def _prepare_one(image, what):
-    if isinstance(image, PIL.Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"{what} is empty ({image.width}x{image.height})")
-        return [_from_hwc_float(*_pil_to_array(image), "pil", what)]
-    if isinstance(image, np.ndarray):
-        if image.ndim == 4:
-            return [r for i, im in enumerate(image) for r in _prepare_one(im, f"{what}[{i}]")]
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.ndim != 3:
-            raise ValueError(f"{what} must be a HxW or HxWxC array (or BxHxWxC), got shape {tuple(image.shape)}")
-        return [_from_hwc_float(*_array_to_float(image, what), "np", what)]
-    if isinstance(image, torch.Tensor):
-        if image.ndim == 4:
-            return [r for i, im in enumerate(image) for r in _prepare_one(im, f"{what}[{i}]")]
-        if image.ndim == 2:
-            image = image[None]
-        if image.ndim != 3:
-            raise ValueError(f"{what} must be a CxHxW or BxCxHxW tensor, got shape {tuple(image.shape)}")
-        if image.numel() == 0:
-            raise ValueError(f"{what} is empty (shape {tuple(image.shape)})")
-        if image.dtype == torch.uint8:
-            t = image.float() / 255.0
-        elif image.is_floating_point():
-            t = image.detach().float().cpu()
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{what} contains NaN or infinite values")
-            lo, hi = float(t.min()), float(t.max())
-            if lo < -1e-3 or hi > 1 + 1e-3:
-                raise ValueError(f"float {what} must have values in [0, 1], got [{lo:.4g}, {hi:.4g}]")
-            t = t.clamp(0, 1)
-        else:
-            raise TypeError(f"{what} has unsupported dtype {image.dtype}; use a float tensor in [0, 1] or uint8")
-        rgb, channels, alpha = _split_channels(t.cpu(), what)
-        return [(rgb, _ImageInfo("pt", channels, alpha, False, t.shape[1], t.shape[2]))]
-    raise TypeError(
-        f"{what} must be a PIL.Image, a numpy array, a torch tensor or a list of them; got {type(image).__name__}"
-        + (" (open files first, e.g. with PIL.Image.open or glow.io.load_image)" if isinstance(image, (str, Path)) else "")
-    )
-
-
-def _finish_image(rgb, info, output_type):
-    """rgb ``[3,H,W]`` in [0,1] -> the input's channel layout in ``output_type``."""
-    colour = rgb.mean(dim=0, keepdim=True) if info.channels == 1 else rgb
-    chw = torch.cat([colour, info.alpha], dim=0) if info.alpha is not None else colour
-    chw = chw.clamp(0, 1)
-    if output_type == "pt":
-        return chw
-    hwc = chw.permute(1, 2, 0).numpy()
-    if output_type == "np":
-        return hwc
-    if info.sixteen_bit and hwc.shape[2] == 1:
-        return PIL.Image.fromarray(np.round(hwc[..., 0] * 65535).astype(np.uint16))  # mode I;16
-    u8 = np.round(hwc * 255).astype(np.uint8)
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
-    return PIL.Image.fromarray(u8[..., 0] if mode == "L" else u8, mode=mode)
-
-
-def _pad_reflect(x, pad_bottom, pad_right):
-    """Reflect-pad bottom/right, repeatedly when the image is smaller than the pad (tiny images)."""
-    while pad_bottom > 0 or pad_right > 0:
-        h, w = x.shape[-2:]
-        pb, pr = min(pad_bottom, h - 1), min(pad_right, w - 1)
-        if (pb == 0 and pad_bottom > 0) or (pr == 0 and pad_right > 0):  # 1-px side: nothing to reflect
-            x = F.pad(x, (0, pad_right if pr == 0 else 0, 0, pad_bottom if pb == 0 else 0), mode="replicate")
-            pad_bottom, pad_right = (0 if pb == 0 else pad_bottom), (0 if pr == 0 else pad_right)
-            continue
-        x = F.pad(x, (0, pr, 0, pb), mode="reflect")
-        pad_bottom, pad_right = pad_bottom - pb, pad_right - pr
-    return x
-
-
-def _tile_layout(length, tile, overlap):
-    """Evenly spread tiles over ``length`` (all multiples of 64): the fewest tiles of at most ``tile`` px that overlap
-    by at least ``overlap`` px, shrunk to share the length evenly (less wasted work than a fixed tile size).
-    Returns (tile_length, starts)."""
-    if length <= tile:
-        return length, [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    t = min(tile, PAD_MULTIPLE * math.ceil((length + (n - 1) * overlap) / n / PAD_MULTIPLE))
-    while True:
-        step = (length - t) / (n - 1)
-        starts = [PAD_MULTIPLE * int(i * step / PAD_MULTIPLE) for i in range(n - 1)] + [length - t]
-        if all(a + t - b >= overlap for a, b in zip(starts, starts[1:])) or t >= tile:
-            return t, starts
-        t += PAD_MULTIPLE
-
-
-def _ramps(starts, tile, device):
-    """1-D blending weights per tile: raised-cosine ramps over each overlap with a neighbour, 1 elsewhere."""
-    weights = []
-    for i, s in enumerate(starts):
-        w = torch.ones(tile, device=device)
-        if i > 0:
-            ov = starts[i - 1] + tile - s
-            w[:ov] = torch.sin(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
-        if i + 1 < len(starts):
-            ov = s + tile - starts[i + 1]
-            w[tile - ov :] = torch.cos(0.5 * math.pi * (torch.arange(ov, device=device) + 0.5) / ov) ** 2
-        weights.append(w)
-    return weights
-
-
-@dataclass
-class _Tile:
-    """One tile of the padded image: its box in pixels and its separable blending weight. The weights of all tiles
-    sum to 1 at every pixel, so a blend is a plain weighted sum."""
-
-    top: int
-    left: int
-    bottom: int
-    right: int
-    weight_y: torch.Tensor  # [bottom - top]
-    weight_x: torch.Tensor  # [right - left]
-
-    @property
-    def box(self):
-        return self.top, self.left, self.bottom, self.right
-
-    def crop(self, x, scale=1):
-        """The tile of ``x`` (pixels, or a grid ``scale`` times coarser such as the /8 latents): a view."""
-        return x[..., self.top // scale : self.bottom // scale, self.left // scale : self.right // scale]
-
-    def weight(self, scale=1):
-        w = (self.weight_y[:, None] * self.weight_x[None, :])[None, None]
-        return w if scale == 1 else F.avg_pool2d(w, scale)
-
-
-def tile_grid(height, width, tile_size, tile_overlap, device="cpu"):
-    """Overlapping tiles covering a padded ``height`` x ``width`` image (multiples of 64); one tile when
-    ``tile_size`` is None."""
-    if tile_size is None:
-        tile_size, tile_overlap = max(height, width), 0
-    (th, ys), (tw, xs) = _tile_layout(height, tile_size, tile_overlap), _tile_layout(width, tile_size, tile_overlap)
-    wy, wx = _ramps(ys, th, device), _ramps(xs, tw, device)
-    sum_y, sum_x = torch.zeros(height, device=device), torch.zeros(width, device=device)
-    for y0, w in zip(ys, wy):
-        sum_y[y0 : y0 + th] += w
-    for x0, w in zip(xs, wx):
-        sum_x[x0 : x0 + tw] += w
-    return [_Tile(y0, x0, y0 + th, x0 + tw, wy[i] / sum_y[y0 : y0 + th], wx[j] / sum_x[x0 : x0 + tw])
-            for i, y0 in enumerate(ys) for j, x0 in enumerate(xs)]
-
-
-def _padded(length):
-    """``length`` rounded up to the 64-px grid."""
-    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+    for path in [source] + [source.with_name(f"{name}.py") for name in get_relative_imports(str(source))]:
+        shutil.copyfile(path, Path(folder) / path.name)
+    return source
 
 
 # ----------------------------------------------------------------------------------------------------------------
 class GLOWDeblurPipeline(DiffusionPipeline):
-    r"""Deblurring pipeline: MotionEstimator -> PreReconstructionUNet (Wiener + NAFNet U-Net) -> Sana residual flow.
+    r"""Deblurring pipeline: BlindDeconvolution -> MotionEstimator -> PreReconstructionUNet -> Sana residual flow.
 
     Components: ``motion_estimator``, ``prereconstruction``, ``transformer`` (``SanaTransformer2DModel``),
     ``scheduler`` (``FlowMatchEulerDiscreteScheduler``), optional ``text_encoder``/``tokenizer`` (when absent they are
@@ -472,7 +244,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             else:
                 text = prompts[i]
                 if text is None:  # a caption only when asked for
-                    text = self._caption(captioner, _finish_image(rgb, info, "pil")) if captioner is not None else ""
+                    text = self._caption(captioner, finish_image(rgb, info, "pil")) if captioner is not None else ""
                 emb, mask = self.encode_prompt([text], device)
                 emb = emb.to(dtype)
             if self.do_classifier_free_guidance:
@@ -607,8 +379,9 @@ class GLOWDeblurPipeline(DiffusionPipeline):
 
         # 4. tiles of each photo padded to the 64-px grid
         if tile_size is not None:
-            tile_overlap = min(PAD_MULTIPLE * math.ceil(int(tile_overlap) / PAD_MULTIPLE), int(tile_size) - PAD_MULTIPLE)
-        grids = [tile_grid(_padded(info.height), _padded(info.width), tile_size, tile_overlap, device)
+            tile_overlap = PAD_MULTIPLE * math.ceil(int(tile_overlap) / PAD_MULTIPLE)
+            tile_overlap = min(tile_overlap, int(tile_size) - PAD_MULTIPLE)
+        grids = [tile_grid(padded_length(info.height), padded_length(info.width), tile_size, tile_overlap, device)
                  for _, info in images]
         self._tile_progress = [0, sum(len(tiles) for tiles in grids) * (1 + len(timesteps)), callback_on_tile_end]
 
@@ -626,7 +399,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
 
                 # 6. pad (reflect), then the motion estimate and pre-reconstruction tile by tile
                 h, w = info.height, info.width
-                x = _pad_reflect(rgb[None].to(device=device, dtype=dtype), _padded(h) - h, _padded(w) - w)
+                x = pad_reflect(rgb[None].to(device=device, dtype=dtype), padded_length(h) - h, padded_length(w) - w)
                 prereconstruction, motion, conditions = self.prereconstruct(x, grids[index], report_tile)
 
                 residual = None
@@ -641,7 +414,8 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                     for i, t in enumerate(timesteps):
                         prediction = self.predict(latents, t, grids[index], conditions, texts[index], i, report_tile)
                         sigma = float(t) / self.scheduler.config.num_train_timesteps
-                        velocity = self.velocity_from_prediction(prediction, latents, sigma, self.config.prediction_type)
+                        velocity = self.velocity_from_prediction(prediction, latents, sigma,
+                                                                 self.config.prediction_type)
                         latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                         if callback_on_step_end is not None:
                             tensors = {"latents": latents, "prereconstruction": prereconstruction}
@@ -660,8 +434,8 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                     motion = estimate.motion[0].to(motion)[:, None, None].expand_as(motion)
                     output.kernels.append(estimate.kernels[0].float().cpu())
                     output.blur_confidences.append(float(estimate.confidence[0]))
-                output.images.append(_finish_image(restored[0].float().cpu(), info, output_type))
-                output.prereconstructions.append(_finish_image(prereconstruction[0].float().cpu(), info, output_type))
+                output.images.append(finish_image(restored[0].float().cpu(), info, output_type))
+                output.prereconstructions.append(finish_image(prereconstruction[0].float().cpu(), info, output_type))
                 output.motion_fields.append(motion.float().cpu().contiguous())
 
         self.maybe_free_model_hooks()
@@ -681,26 +455,26 @@ class GLOWDeblurPipeline(DiffusionPipeline):
     # ---------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory, safe_serialization=True, push_to_hub=False, **kwargs):
         """diffusers' save_pretrained, then make the folder self-describing for ``trust_remote_code`` loading:
-        copies this module to ``pipeline_glowdeblur.py`` and each custom component's module into its subfolder,
-        and points model_index.json at them (``_class_name = ["pipeline_glowdeblur", "GLOWDeblurPipeline"]``,
+        copies this module to ``pipeline_glowdeblur.py`` and each custom component's module into its subfolder, each
+        with the modules it imports relatively, and points model_index.json at them
+        (``_class_name = ["pipeline_glowdeblur", "GLOWDeblurPipeline"]``,
         ``"motion_estimator": ["motion_estimator", "MotionEstimator"]``)."""
         if not safe_serialization:
             raise ValueError("GLOWDeblur saves weights as safetensors only")
-        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
+        hub_keys = ("commit_message", "private", "create_pr", "token", "repo_id")
+        hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
         super().save_pretrained(save_directory, safe_serialization=True, push_to_hub=False, **kwargs)
         save_directory = Path(save_directory)
         index_path = save_directory / "model_index.json"
         index = json.loads(index_path.read_text())
-        pipeline_file = Path(inspect.getfile(type(self)))
-        shutil.copyfile(pipeline_file, save_directory / f"{pipeline_file.stem}.py")
+        pipeline_file = _copy_module(Path(inspect.getfile(type(self))), save_directory)
         index["_class_name"] = [pipeline_file.stem, type(self).__name__]
         index.pop("_name_or_path", None)
         for name in self._custom_components:
             module = getattr(self, name, None)
             if module is None:
                 continue
-            src = Path(inspect.getfile(type(module)))
-            shutil.copyfile(src, save_directory / name / f"{src.stem}.py")
+            src = _copy_module(Path(inspect.getfile(type(module))), save_directory / name)
             index[name] = [src.stem, type(module).__name__]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if push_to_hub:

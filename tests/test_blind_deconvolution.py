@@ -7,7 +7,8 @@ import torch
 
 from glow.data.kernels import camera_shake_kernel, convolve, linear_kernel
 from glow.data.motion import kernel_to_motion, motion_to_polar
-from glow.models.blind_deconvolution import BlindDeconvolution, kernel_moments, kernel_motion, noise_sigma
+from glow.models.blind_deconvolution import BlindDeconvolution
+from glow.models.deconvolution_utils import kernel_moments, kernel_motion, noise_sigma
 from glow.presets import build_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")

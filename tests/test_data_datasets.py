@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from glow.data import (FrameFolderDataset, MixedDataset, PairedFolderDataset, SharpFolderDataset, SimulatorConfig,
                        collate)
 from glow.data.camera import linear_to_srgb, srgb_to_linear
-from glow.data.datasets import detect_layout
+from glow.data.paired import detect_layout
 
 KEYS = {"blurry", "sharp", "motion", "motion_valid", "kernel", "kernel_valid", "kinds", "text"}
 FAST = SimulatorConfig(kind_weights={"camera_shake": 1, "linear_motion": 1, "defocus": 1, "object_motion": 1})

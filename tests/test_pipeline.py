@@ -205,7 +205,7 @@ def test_a_returned_latent_replaces_the_latents(pipe):
 
 
 def test_tile_weights_sum_to_one():
-    from glow.pipeline_glowdeblur import tile_grid
+    from glow.image_processing_glowdeblur import tile_grid
 
     for height, width, size, overlap in [(256, 384, 128, 64), (640, 192, 256, 128), (128, 128, None, 0)]:
         total = torch.zeros(1, 1, height, width)

@@ -29,7 +29,8 @@ def _check_folder(folder):
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     weights = [f for f in files if "pytorch_model" in f or f.endswith((".bin", ".pt", ".pth", ".ckpt", ".safetensors"))]
     assert weights and all(f.endswith(".safetensors") for f in weights), weights
-    for name in ("pipeline_glowdeblur.py", "motion_estimator/motion_estimator.py",
+    for name in ("pipeline_glowdeblur.py", "image_processing_glowdeblur.py", "motion_estimator/motion_estimator.py",
+                 "blind_deconvolution/deconvolution_utils.py",
                  "prereconstruction/prereconstruction.py", "model_index.json", "scheduler/scheduler_config.json"):
         assert name in files, (name, files)
     index = json.loads((folder / "model_index.json").read_text())
@@ -146,10 +147,13 @@ def test_shipped_default_model():
     assert size < 30 * 2**20
     # the copied modules are the current sources (re-run `python -m glow.presets --out glow/default_model`)
     root = Path(glow.__file__).parent
-    assert (folder / "pipeline_glowdeblur.py").read_text() == (root / "pipeline_glowdeblur.py").read_text()
+    for name in ("pipeline_glowdeblur.py", "image_processing_glowdeblur.py"):
+        assert (folder / name).read_text() == (root / name).read_text(), name
     assert index["blind_deconvolution"] == ["blind_deconvolution", "BlindDeconvolution"]
     for name in ("motion_estimator", "prereconstruction", "blind_deconvolution"):
         assert (folder / name / f"{name}.py").read_text() == (root / "models" / f"{name}.py").read_text()
+    utils = "blind_deconvolution/deconvolution_utils.py"  # imported relatively by blind_deconvolution.py
+    assert (folder / utils).read_text() == (root / "models" / "deconvolution_utils.py").read_text()
     pipe = GLOWDeblurPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     assert "training_status" not in index and "**Weights:** joint fine-tuning" in (folder / "README.md").read_text()

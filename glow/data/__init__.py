@@ -11,9 +11,12 @@ __all__ = [
 
 def __getattr__(name):
     # datasets import glow.io (Pillow); keep `import glow.data` light for the model code.
-    if name in ("SharpFolderDataset", "PairedFolderDataset", "FrameFolderDataset", "MixedDataset", "collate",
-                "detect_layout"):
+    if name in ("SharpFolderDataset", "FrameFolderDataset", "MixedDataset", "collate"):
         from . import datasets
 
         return getattr(datasets, name)
+    if name in ("PairedFolderDataset", "detect_layout", "PAIRED_LAYOUTS"):
+        from . import paired
+
+        return getattr(paired, name)
     raise AttributeError(f"module 'glow.data' has no attribute {name!r}")

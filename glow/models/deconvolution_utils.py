@@ -1,0 +1,170 @@
+# Self-contained like blind_deconvolution.py, which imports it relatively: copied beside it into its folder of a
+# saved pipeline. Only torch and the standard library.
+"""The small pieces of blind deconvolution: colour and padding, the Fourier domain (OTFs, image gradients), the
+noise estimate, and the blur kernel's projection, centring, resizing and moments (its length and direction)."""
+
+import torch
+import torch.nn.functional as F
+
+
+def luminance(rgb, weights=(0.299, 0.587, 0.114)):
+    """``[B,3,H,W]`` -> ``[B,1,H,W]`` (Rec. 601 weights by default)."""
+    w = torch.as_tensor(weights, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb * w).sum(dim=1, keepdim=True)
+
+
+def srgb_to_linear(x):
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def periodic_pad(x, pad_h, pad_w):
+    """Pad ``[..., H, W]`` by ``pad_h`` rows at the bottom and ``pad_w`` columns at the right so the result is smooth
+    across its wrap-around edges: the padding ramps linearly from the last row/column back to the first. The FFT
+    then sees no step at the image border (Liu & Jia's boundary wrapping in its simplest form)."""
+    if pad_w > 0:
+        t = torch.arange(1, pad_w + 1, device=x.device, dtype=x.dtype) / (pad_w + 1)
+        last, first = x[..., :, -1:], x[..., :, :1]
+        x = torch.cat([x, last + (first - last) * t.view(1, -1)], dim=-1)
+    if pad_h > 0:
+        t = torch.arange(1, pad_h + 1, device=x.device, dtype=x.dtype) / (pad_h + 1)
+        last, first = x[..., -1:, :], x[..., :1, :]
+        x = torch.cat([x, last + (first - last) * t.view(-1, 1)], dim=-2)
+    return x
+
+
+# Copied from glow.data.kernels._fast_len (this file must not import glow)
+def fast_size(n):
+    """Smallest 2^a 3^b 5^c >= n: FFT sizes with small prime factors are several times faster."""
+    best = 1 << max(n - 1, 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def psf2otf(kernel, shape):
+    """Centred ``[..., k, k]`` PSF -> its rfft2 over ``shape`` with the centre moved to the origin."""
+    k = kernel.shape[-1]
+    padded = kernel.new_zeros(kernel.shape[:-2] + tuple(shape))
+    padded[..., :k, :k] = kernel
+    padded = torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
+    return torch.fft.rfft2(padded)
+
+
+def otf2psf(otf, shape, k):
+    """Inverse of ``psf2otf``: the centred ``k x k`` window of the spatial response."""
+    spatial = torch.fft.irfft2(otf, s=shape)
+    spatial = torch.roll(spatial, shifts=(k // 2, k // 2), dims=(-2, -1))
+    return spatial[..., :k, :k]
+
+
+def gradient_otfs(shape, device, dtype):
+    """rfft2 of the forward differences [-1, 1] in x and y (circular)."""
+    dx = torch.zeros(shape, device=device, dtype=dtype)
+    dx[0, 0], dx[0, -1] = -1.0, 1.0  # (D x)[i] = x[i] - x[i-1] ... as a circular filter with the origin at [0, 0]
+    dy = torch.zeros(shape, device=device, dtype=dtype)
+    dy[0, 0], dy[-1, 0] = -1.0, 1.0
+    return torch.fft.rfft2(dx), torch.fft.rfft2(dy)
+
+
+def grad_x(x):
+    return x - torch.roll(x, 1, dims=-1)
+
+
+def grad_y(x):
+    return x - torch.roll(x, 1, dims=-2)
+
+
+def grad_xt(g):
+    """Adjoint of ``grad_x`` (circular)."""
+    return g - torch.roll(g, -1, dims=-1)
+
+
+def grad_yt(g):
+    return g - torch.roll(g, -1, dims=-2)
+
+
+def noise_sigma(lum):
+    """Standard deviation of white noise in ``[..., H, W]``: the median absolute diagonal Haar detail / 0.6745
+    (Donoho's estimator; edges are sparse there, so the median sees mostly noise). JPEG and ISP denoising leave real
+    photos with ~0 here; simulated 1% noise reads as ~0.006 on luminance."""
+    h, w = lum.shape[-2:]
+    x = lum[..., : h // 2 * 2, : w // 2 * 2]
+    hh = (x[..., 0::2, 0::2] - x[..., 1::2, 0::2] - x[..., 0::2, 1::2] + x[..., 1::2, 1::2]) / 2
+    return float(hh.abs().flatten().median()) / 0.6745
+
+
+def largest_component(mask, weights):
+    """Keep the 8-connected component of ``mask`` (``[k, k]`` bool) with the most ``weights`` mass. Labels spread by
+    max-pooling (kernels are at most ~100 px, so this converges in about a kernel diameter of cheap steps)."""
+    k = mask.shape[-1]
+    labels = torch.arange(1, k * k + 1, device=mask.device, dtype=weights.dtype).view(k, k) * mask
+    for _ in range(4 * k):
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    ids = labels.flatten().long()
+    mass = torch.zeros(k * k + 1, device=mask.device, dtype=weights.dtype).index_add_(0, ids, weights.flatten())
+    mass[0] = 0
+    return labels == mass.argmax().to(labels.dtype)
+
+
+def centre_kernel(kernel):
+    """Shift ``[k, k]`` so its centroid lands on the centre pixel (integer shift; what falls off is dropped)."""
+    k = kernel.shape[-1]
+    total = kernel.sum().clamp_min(1e-12)
+    idx = torch.arange(k, device=kernel.device, dtype=kernel.dtype)
+    cy = int(round(float((kernel.sum(1) * idx).sum() / total)))
+    cx = int(round(float((kernel.sum(0) * idx).sum() / total)))
+    dy, dx = k // 2 - cy, k // 2 - cx
+    if dy == 0 and dx == 0:
+        return kernel
+    out = torch.zeros_like(kernel)
+    ys, yd = slice(max(0, -dy), min(k, k - dy)), slice(max(0, dy), min(k, k + dy))
+    xs, xd = slice(max(0, -dx), min(k, k - dx)), slice(max(0, dx), min(k, k + dx))
+    out[yd, xd] = kernel[ys, xs]
+    return out
+
+
+def resize_kernel(kernel, size):
+    out = F.interpolate(kernel[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    out = out.clamp_min(0)
+    return out / out.sum().clamp_min(1e-12)
+
+
+def kernel_covariance(kernel):
+    """Second moments ``(cxx, cyy, cxy)`` of a ``[k, k]`` PSF about its centroid (x right, y down)."""
+    k = kernel.shape[-1]
+    p = kernel / kernel.sum().clamp_min(1e-12)
+    idx = torch.arange(k, device=kernel.device, dtype=kernel.dtype)
+    ys, xs = idx.view(k, 1), idx.view(1, k)
+    mx, my = (p * xs).sum(), (p * ys).sum()
+    return (p * (xs - mx) ** 2).sum(), (p * (ys - my) ** 2).sum(), (p * (xs - mx) * (ys - my)).sum()
+
+
+def kernel_moments(kernel):
+    """``[k, k]`` -> (length along the main axis ``sqrt(12 λ1)``, across it ``sqrt(12 λ2)``, angle of the main axis
+    in radians, x right / y down)."""
+    cxx, cyy, cxy = kernel_covariance(kernel)
+    root = torch.sqrt((cxx - cyy) ** 2 + 4 * cxy**2)
+    lam1, lam2 = 0.5 * (cxx + cyy + root), 0.5 * (cxx + cyy - root)
+    angle = 0.5 * torch.atan2(2 * cxy, cxx - cyy)
+    return float(torch.sqrt(12 * lam1.clamp_min(0))), float(torch.sqrt(12 * lam2.clamp_min(0))), float(angle)
+
+
+# Copied from glow.data.motion.covariance_to_motion, on kernel_covariance (this file must not import glow)
+def kernel_motion(kernel):
+    """``[k, k]`` PSF -> ``[3]`` motion encoding of DESIGN.md: ``d cos 2θ, d sin 2θ, length``."""
+    cxx, cyy, cxy = kernel_covariance(kernel.float())
+    trace = (cxx + cyy).clamp_min(1e-8)
+    lam1 = 0.5 * (cxx + cyy + torch.sqrt((cxx - cyy) ** 2 + 4 * cxy * cxy))
+    return torch.stack([(cxx - cyy) / trace, 2 * cxy / trace, torch.sqrt(12.0 * lam1.clamp_min(0))])
