@@ -279,10 +279,11 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         return image, motion, conditions
 
     def predict(self, latents, t, tiles, conditions, text, step, report_tile):
-        """The transformer's prediction for the whole photo at timestep ``t``, tile by tile, blended in pixel space
-        (exactly: the latents are a lossless pixel_unshuffle of the residual)."""
+        """The transformer's prediction for the whole photo at timestep ``t``, tile by tile, blended with the tiles'
+        pixel weights (exactly: a latent is a pixel_unshuffle of the residual, so each pixel weight applies to its 3
+        of the 192 channels)."""
         emb, mask = text
-        blended = latents.new_zeros((1, 3, latents.shape[-2] * LATENT_DOWNSCALE, latents.shape[-1] * LATENT_DOWNSCALE))
+        blended = torch.zeros_like(latents)
         for tile, (features, motion) in zip(tiles, conditions):
             hidden = self.transformer_input(tile.crop(latents, LATENT_DOWNSCALE), features, motion)
             if self.do_classifier_free_guidance:
@@ -292,9 +293,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             if self.do_classifier_free_guidance:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + self.guidance_scale * (cond - uncond)
-            tile.crop(blended).add_(self.latents_to_residual(prediction, 1.0) * tile.weight())
+            weight = F.pixel_unshuffle(tile.weight().expand(1, 3, -1, -1), LATENT_DOWNSCALE).to(prediction.dtype)
+            tile.crop(blended, LATENT_DOWNSCALE).add_(prediction * weight)
             report_tile(tile, step)
-        return self.residual_to_latents(blended, 1.0)
+        return blended
 
     # ---------------------------------------------------------------- main
     @torch.no_grad()
@@ -395,18 +397,19 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 estimate = None
                 if blind:
                     estimate = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
-                    rgb = estimate.image[0]
+                    rgb, estimate.image = estimate.image[0], None
 
                 # 6. pad (reflect), then the motion estimate and pre-reconstruction tile by tile
                 h, w = info.height, info.width
                 x = pad_reflect(rgb[None].to(device=device, dtype=dtype), padded_length(h) - h, padded_length(w) - w)
                 prereconstruction, motion, conditions = self.prereconstruct(x, grids[index], report_tile)
+                del rgb, x  # photo-sized; the tiles' conditions are all the steps need (12 MP: 288 MB less)
 
                 residual = None
                 if denoise:
                     # 7. prepare latents
                     generator_i = generator[index] if isinstance(generator, (list, tuple)) else generator
-                    latents = self.prepare_latents(x.shape[-2], x.shape[-1], dtype, device, generator_i)
+                    latents = self.prepare_latents(padded_length(h), padded_length(w), dtype, device, generator_i)
 
                     # 8. denoising loop: the tiles' blended prediction steps the whole photo (the Euler scheduler
                     # counts its steps, so each photo restarts it)
@@ -416,6 +419,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                         sigma = float(t) / self.scheduler.config.num_train_timesteps
                         velocity = self.velocity_from_prediction(prediction, latents, sigma,
                                                                  self.config.prediction_type)
+                        del prediction  # whole-photo tensors: at most three alive at a time (12 MP: 144 MB each)
                         latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                         if callback_on_step_end is not None:
                             tensors = {"latents": latents, "prereconstruction": prereconstruction}

@@ -23,8 +23,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-MOTION_PATCH = 8
-KERNEL_PATCH = 64
+MOTION_PATCH = 8  # Copied from glow.data.motion.MOTION_PATCH
+KERNEL_PATCH = 64  # Copied from glow.data.motion.KERNEL_PATCH (this module travels alone in saved folders)
 
 
 @dataclass

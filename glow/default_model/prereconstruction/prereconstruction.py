@@ -22,7 +22,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-KERNEL_PATCH = 64
+KERNEL_PATCH = 64  # Copied from glow.data.motion.KERNEL_PATCH (this module travels alone in saved folders)
 
 
 @dataclass
