@@ -343,3 +343,19 @@ def test_few_step_sigmas_are_the_pipelines_own():
     values, counts = torch.unique(sigmas, return_counts=True)
     assert {round(float(v), 4) for v in values} == visited
     assert 0.45 < counts[values == 1.0].item() / 4000 < 0.6
+
+
+def test_channels_last_and_compiled_training_step_and_export(data, tmp_path):
+    # the GPU options on CPU: NHWC convolution weights and a torch.compile'd training module (through Accelerate;
+    # the "eager" backend runs dynamo's graph capture without code generation, so it stays fast here. inductor gave
+    # the same losses to 1e-5 by hand, after a 2-minute compile; aot_eager fails inside torch on a view)
+    out = tmp_path / "nhwc"
+    run(bpp_args(data, out, 2, ["--channels_last", "--dynamo_backend", "eager", "--diffusion_start_step", "0",
+                                "--validation_steps", "0", "--checkpointing_steps", "2"]))
+    losses = losses_by_step(out)
+    assert sorted(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values()), losses
+    from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+
+    pipe = GLOWDeblurPipeline.from_pretrained(out / "pipeline")  # weights saved contiguous, loadable as usual
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(np.zeros((40, 48, 3), np.uint8), output_type="np").images[0].shape == (40, 48, 3)

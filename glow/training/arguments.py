@@ -88,6 +88,12 @@ def _optimisation_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
     a("--max_grad_norm", type=float, default=1.0)
     a("--max_train_steps", type=int, default=20000)
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default="no", help="fp32 ('no') is fastest on CPU.")
+    a("--channels_last", action="store_true",
+      help="Convolution weights in channels_last memory format (NHWC kernels: faster with bf16 on recent GPUs).")
+    a("--dynamo_backend", type=str.lower, default=None,
+      choices=["no", "eager", "inductor", "cudagraphs"],
+      help="torch.compile the training module through Accelerate (as `accelerate launch --dynamo_backend`); "
+           "'inductor' generates kernels (minutes to start: for long GPU runs). Default: Accelerate's config.")
     a("--max_train_minutes", type=float, default=None,
       help="Wall-clock budget: training stops early enough that the last checkpoint, validation and pipeline export "
            "end within it (a lent GPU for a fixed time). --max_train_steps still applies.")

@@ -67,6 +67,7 @@ def make_accelerator(args):
         # processes over gloo; accelerate's own `--cpu --num_processes N` starts several only under mpirun.
         cpu=not torch.accelerator.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        dynamo_backend=getattr(args, "dynamo_backend", None),  # None: the env / `accelerate config` decides
         log_with=None if args.report_to in (None, "", "none") else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # the transformer is idle before --diffusion_start_step, frozen parts never get gradients
@@ -103,6 +104,8 @@ class Trainer:
                                  prediction_type=pipeline.config.get("prediction_type", "flow")), type(pipeline))
         self.frozen = set_trainable(self.module, getattr(args, "freeze", ""))
         self.module.train()
+        if args.channels_last:  # the convolutions then pick NHWC kernels for any input layout
+            self.module.to(memory_format=torch.channels_last)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("every component is frozen: nothing to train")
@@ -126,7 +129,7 @@ class Trainer:
         accelerator.register_load_state_pre_hook(functools.partial(load_ema_hook, ema=self.ema))
         self.module, self.optimizer, self.lr_scheduler = accelerator.prepare(self.module, self.optimizer,
                                                                              self.lr_scheduler)
-        self.raw_module: GLOWTrainingModule = accelerator.unwrap_model(self.module)
+        self.raw_module: GLOWTrainingModule = accelerator.unwrap_model(self.module, keep_torch_compile=False)
         if self.ema is not None:  # the shadow weights were made before prepare() moved the module
             self.ema.ema.to(accelerator.device)
         if args.deconvolved_inputs > 0:
