@@ -1,4 +1,5 @@
-"""Repository weight: what git tracks must stay small enough to clone fast and to travel to a lent GPU (64 MiB)."""
+"""The repository itself: what git tracks stays small enough to clone fast and to travel to a lent GPU (64 MiB), and
+the README, which is also the Hugging Face Space card, keeps a valid Space config."""
 import subprocess
 from pathlib import Path
 
@@ -33,3 +34,15 @@ def test_training_runs_track_only_arguments_and_logs():
     assert not heavy, f"checkpoints or images tracked under train/runs: {heavy}"
     total = sum((ROOT / p).stat().st_size for p in tracked_files())
     assert total < 40 * 2**20, f"the tracked tree is {total / 2**20:.1f} MiB (it must travel in 64 MiB with a pack)"
+
+
+def test_readme_front_matter_is_the_space_config():
+    # the README is also the Hugging Face Space's card: its YAML block must close and name the app and Gradio version
+    from huggingface_hub import metadata_load
+
+    meta = metadata_load(ROOT / "README.md")
+    assert meta is not None, "README.md has no closed YAML front matter (--- ... ---)"
+    assert meta["sdk"] == "gradio" and (ROOT / meta["app_file"]).is_file()
+    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
+    assert meta["sdk_version"] == pinned.split("==")[1]
+    assert (ROOT / "README.md").read_text().split("---\n", 2)[2].lstrip().startswith("# GLOWDeblur")
