@@ -16,6 +16,9 @@ of --noise and 8-bit quantisation. Rows per image (PSNR, uint8 RGB, no crop, `gl
 and the error ratio PSNR(true) - PSNR(estimated) in dB (Levin et al. 2009 report it as a ratio of errors; in dB it is
 the same number on a log scale), the share of images made worse than the input, per kernel size bin.
 Real photos (--no_reference): skimage blur_effect (lower = sharper) per photo for input / pipeline / networks.
+Sharp photos (--sharp, e.g. ../shared/data/val/sharp/kodak24): each saved as JPEG q90 and given to the pipeline, which
+should leave it alone; PSNR against the original for the JPEG (input), BlindDeconvolution alone (estimated), the
+pipeline and the networks alone, and the confidence the component gave.
 Writes results.md and results.json to --output_dir.
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default=glow.DEFAULT_MODEL_PATH)
     p.add_argument("--synthetic", default=None, help="folder of sharp images")
     p.add_argument("--no_reference", default=None, help="folder of real blurry photos")
+    p.add_argument("--sharp", default=None, help="folder of sharp photos (should come back unchanged)")
     p.add_argument("--extent", default="15,45", help="camera-shake extent range in px (min,max)")
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
@@ -110,6 +114,29 @@ def real_rows(pipe, args):
     return rows
 
 
+def sharp_rows(pipe, args):
+    import io
+
+    from PIL import Image
+
+    files = list_images(args.sharp)
+    rows = []
+    for path in files[: args.max_images] if args.max_images else files:
+        sharp = image_to_tensor(path).float().clamp(0, 1)
+        buffer = io.BytesIO()
+        Image.fromarray((sharp.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "JPEG",
+                                                                                            quality=90)
+        jpeg = image_to_tensor(Image.open(buffer)).float()
+        out, result = run_pipe(pipe, jpeg, True)
+        row = {"image": Path(path).name, "input": psnr(jpeg, sharp),
+               "estimated": psnr(pipe.blind_deconvolution(jpeg[None]).image[0], sharp), "pipeline": psnr(out, sharp),
+               "networks": psnr(run_pipe(pipe, jpeg, False)[0], sharp),
+               "confidence": round(result.blur_confidences[0], 2)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def summary(rows):
     """Mean per kernel-length bin and overall: PSNR of every row, gain, error ratio, share made worse."""
     bins = [(0, 20), (20, 30), (30, 45), (45, 1e9)]
@@ -131,8 +158,15 @@ def summary(rows):
     return out
 
 
-def markdown(summ, real):
+def markdown(summ, real, sharp=()):
     lines = []
+    if sharp:
+        keys = ("input", "estimated", "pipeline", "networks")
+        lines += ["| sharp photo (JPEG q90) | " + " | ".join(keys) + " | confidence |", "|---" * 6 + "|"]
+        for r in list(sharp) + [{"image": "**mean**", **{k: float(np.mean([r[k] for r in sharp])) for k in keys},
+                                 "confidence": float(np.mean([r["confidence"] for r in sharp]))}]:
+            lines.append(f"| {r['image']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + f" | {r['confidence']:.2f} |")
+        lines.append("")
     if summ:
         keys = [k for k in ("input", "estimated", "true_kernel", "pipeline", "networks") if k in summ[0]]
         lines.append("| true kernel length | n | " + " | ".join(keys) + " | error ratio (dB) | worse than input | worst gain |")
@@ -161,12 +195,13 @@ def main(argv=None):
         raise SystemExit(f"{args.model} has no blind_deconvolution component")
     rows = synthetic_rows(pipe, args) if args.synthetic else []
     real = real_rows(pipe, args) if args.no_reference else []
+    sharp = sharp_rows(pipe, args) if args.sharp else []
     summ = summary(rows) if rows else []
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "summary": summ, "rows": rows, "real": real},
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "summary": summ, "rows": rows, "real": real, "sharp": sharp},
                                                  indent=1))
-    text = markdown(summ, real)
+    text = markdown(summ, real, sharp)
     (out / "results.md").write_text(text + "\n")
     print(text)
 
