@@ -273,3 +273,23 @@ def test_eval_blur_size_measures_each_size_with_everything_else_fixed(tiny_pipel
     assert all(math.isfinite(r["gain"][str(tiny_pipeline_dir)]) for r in report["results"])
     assert (out / "results.md").read_text().count("\n") == 2 + len(rows)
     assert (out / "blur_size.png").stat().st_size > 1000
+
+
+def test_eval_kernels_sharp_photos_rows(tiny_pipeline_dir, tmp_path):
+    # --sharp: every photo as JPEG q90 through the pipeline; the JPEG's PSNR is the baseline of each row
+    sharp = tmp_path / "sharp"
+    sharp.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth_image(50 + i, (72, 88))).save(sharp / f"s{i}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "train" / "eval_kernels.py"), "--model", str(tiny_pipeline_dir),
+               "--sharp", str(sharp), "--threads", "1", "--output_dir", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["sharp"]
+    assert [r["image"] for r in rows] == ["s0.png", "s1.png"]
+    for r in rows:
+        assert 30 < r["input"] < 60 and 0 <= r["confidence"] <= 1  # a smooth photo survives JPEG q90 well
+        assert all(math.isfinite(r[k]) for k in ("estimated", "pipeline", "networks"))
+    table = (out / "results.md").read_text()
+    assert "| s1.png |" in table and f"| **mean** | {np.mean([r['input'] for r in rows]):.2f} |" in table
