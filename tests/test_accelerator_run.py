@@ -3,7 +3,6 @@ the same command a lent GPU runs, with a data folder made here and the text enco
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
