@@ -5,6 +5,7 @@
 Hand-written rather than diffusers' VaeImageProcessor: it must keep grayscale, alpha, 16-bit and arbitrary sizes,
 where VaeImageProcessor normalises everything to RGB in [-1, 1] and resizes.
 """
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 PAD_MULTIPLE = 64  # the kernel grid; also a multiple of the /8 token grid
+LATENT_DOWNSCALE = 8  # the latents are a lossless pixel_unshuffle of the residual by this factor
 
 
 @dataclass
@@ -230,6 +232,12 @@ class _Tile:
     def weight(self, scale=1):
         w = (self.weight_y[:, None] * self.weight_x[None, :])[None, None]
         return w if scale == 1 else F.avg_pool2d(w, scale)
+
+    @functools.cached_property
+    def latent_weight(self):
+        """The pixel weight as the /8 latents carry it: ``[1, 192, h/8, w/8]`` (pixel_unshuffle of 3 RGB copies),
+        so a latent blend is exactly the pixel blend. Computed once: every denoising step uses it."""
+        return F.pixel_unshuffle(self.weight().expand(1, 3, -1, -1), LATENT_DOWNSCALE)
 
 
 def tile_grid(height, width, tile_size, tile_overlap, device="cpu"):

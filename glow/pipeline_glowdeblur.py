@@ -29,11 +29,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from .image_processing_glowdeblur import (
-    PAD_MULTIPLE, finish_image, pad_reflect, padded_length, prepare_images, tile_grid,
+    LATENT_DOWNSCALE, PAD_MULTIPLE, finish_image, pad_reflect, padded_length, prepare_images, tile_grid,
 )
 
 DEFAULT_TILE_SIZE = 512  # px: bounded memory at about full speed (docs/pipeline.md)
-LATENT_DOWNSCALE = 8
 
 
 @dataclass
@@ -280,8 +279,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
 
     def predict(self, latents, t, tiles, conditions, text, step, report_tile):
         """The transformer's prediction for the whole photo at timestep ``t``, tile by tile, blended with the tiles'
-        pixel weights (exactly: a latent is a pixel_unshuffle of the residual, so each pixel weight applies to its 3
-        of the 192 channels)."""
+        pixel weights (``latent_weight``: a latent is a pixel_unshuffle of the residual)."""
         emb, mask = text
         blended = torch.zeros_like(latents)
         for tile, (features, motion) in zip(tiles, conditions):
@@ -293,8 +291,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             if self.do_classifier_free_guidance:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + self.guidance_scale * (cond - uncond)
-            weight = F.pixel_unshuffle(tile.weight().expand(1, 3, -1, -1), LATENT_DOWNSCALE).to(prediction.dtype)
-            tile.crop(blended, LATENT_DOWNSCALE).add_(prediction * weight)
+            tile.crop(blended, LATENT_DOWNSCALE).add_(prediction * tile.latent_weight.to(prediction.dtype))
             report_tile(tile, step)
         return blended
 
