@@ -19,6 +19,9 @@ samples than a CPU can show it; a photo can afford seconds of optimisation inste
 3. **Confidence**: a kernel that is (near) a delta, or a photo with detail at frequencies the kernel would have
    removed (``spectral_ratio``: a sharp photo), fades the deconvolution out, so a sharp photo passes unchanged.
    With ``num_regions > 1`` the regions' kernels are averaged (no consistency check between regions yet).
+   **Defocus**: a disk has no direction, so the free-form kernel of a defocused photo is never trusted. When it is
+   not, the radial power spectrum is fitted with a disk's (``fit_defocus``): its first ring of zeros gives the
+   radius, and how deep that ring is gives the confidence; a defocus kernel is applied to the whole photo.
 4. **Deconvolution** of the whole photo (all channels) with a hyper-Laplacian-like prior (HQS with an iteratively
    reweighted L1 shrinkage), on a smoothly periodic padding (no ringing from the borders), with clipped highlights
    treated as missing data (the EM trick: their observed value is replaced by the current re-blurred estimate).
@@ -34,6 +37,8 @@ from diffusers.utils import BaseOutput
 
 from .deconvolution_utils import (
     centre_kernel,
+    disk_gain,
+    disk_kernel,
     fast_size,
     grad_x,
     grad_xt,
@@ -48,6 +53,7 @@ from .deconvolution_utils import (
     otf2psf,
     periodic_pad,
     psf2otf,
+    radial_power,
     resize_kernel,
     srgb_to_linear,
 )
@@ -95,6 +101,10 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         min_blur_length / full_blur_length: kernels shorter than the first are "no blur" (confidence 0); the
             confidence ramps to 1 at the second.
         saturation: luminance above this is treated as clipped.
+        defocus_radii: the disk radii (px, estimation scale, ``(first, last)`` in 0.5 px steps) tried when the
+            free-form kernel is not trusted; ``None`` switches the defocus search off.
+        defocus_dip_range: ``defocus_dip`` (see ``fit_defocus``) below the first value gives the disk no confidence,
+            above the second full confidence.
     """
 
     config_name = "config.json"
@@ -127,6 +137,8 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         spectral_ratio_range: tuple = (0.25, 0.5),
         gate_tile: int = 192,
         noise_aware_tiles: bool = True,
+        defocus_radii: tuple = (1.5, 20.0),
+        defocus_dip_range: tuple = (0.9, 1.4),
     ):
         super().__init__()
         # the channel weights of the luminance the kernel is estimated on; the component's only tensor (diffusers
@@ -334,6 +346,43 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
                     ratios.append(max(p_low, 0.0) / p_high)
         return float(torch.tensor(ratios).median()) if len(ratios) >= 3 else float("inf")
 
+    def fit_defocus(self, region):
+        """Is ``region [H, W]`` out of focus, and by how much? A disk's spectrum has rings of zeros (the first at
+        ``0.61 / radius`` cycles/px) that the free-form kernel step cannot find (a compact, isotropic estimate has
+        no ring ``spectral_ratio`` can test). The log radial power spectrum is fitted, for each radius of
+        ``defocus_radii``, as a smooth curve (a power law bent by a quadratic in log f) plus the disk's log gain
+        over a noise/JPEG floor; the best fit gives the radius. The evidence is the first ring of zeros itself:
+        ``defocus_dip``: how much deeper the power is at the first zero than both at the first side lobe and just
+        before the zero, beyond the smooth curve (natural log units). Measured on JPEG q90 photos: <= 0.68 on 43 sharp
+        ones (Kodak24, Set5, Set14), 1.46-3.4 on simulated defocus, 1.62 on the real defocused text; a disk can also
+        fit the knee of a sharp photo's smooth spectrum, so the fit alone is no evidence. -> (radius in px,
+        defocus_dip)."""
+        first, last = self.config.defocus_radii
+        freq, power = radial_power(region.float())
+        keep = (freq >= 0.02) & (freq < 0.3)  # below: the scene's layout; above: JPEG and demosaicing
+        freq, log_power = freq[keep], torch.log(power[keep].clamp_min(1e-20))
+        design = torch.stack([torch.ones_like(freq), torch.log(freq), torch.log(freq) ** 2], 1)
+        project = design @ torch.linalg.pinv(design)
+
+        def residual(model):  # [n, M] log-gain models -> [n, M] what the best smooth curve leaves
+            y = log_power - model
+            return y - y @ project.T
+
+        radii = torch.arange(first, last + 1e-6, 0.5, device=freq.device, dtype=freq.dtype)
+        gain = disk_gain(freq, radii[:, None])  # [R, M]
+        floors = torch.tensor([1e-3, 3e-3, 1e-2, 3e-2, 0.1], device=freq.device, dtype=freq.dtype)
+        errors = (residual(torch.log(gain[:, None, :] + floors[None, :, None]).flatten(0, 1)) ** 2).mean(-1)
+        radius = float(radii[int(errors.view(len(radii), -1).min(1).values.argmin())])
+        smooth = residual(torch.zeros_like(freq)[None])[0]  # the spectrum's wiggles around its smooth curve
+        zero, lobe = 0.610 / radius, 0.817 / radius  # J1's first zero and the first side lobe's peak
+        bands = [(freq > a) & (freq < b) for a, b in ((0.92 * zero, 1.08 * zero), (0.92 * lobe, 1.08 * lobe),
+                                                       (0.65 * zero, 0.8 * zero))]
+        if not all(bool(band.any()) for band in bands):
+            return radius, 0.0
+        at_zero, at_lobe, before = (float(smooth[band].mean()) for band in bands)
+        # a dip on both sides: one peak of a periodic texture (Set14's barbara) only rises on one side of it
+        return radius, min(at_lobe - at_zero, before - at_zero)
+
     @torch.no_grad()
     def estimate_kernel(self, image):
         """``[3,H,W]`` sRGB in [0, 1] -> (kernel ``[K,K]`` with K = max_kernel_size, confidence in [0, 1], info
@@ -387,6 +436,20 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         confidence *= min(1.0, max(0.0, (hi - ratio) / (hi - lo)))
         info = {"length": length, "width": width, "angle": angle, "regions": corners, "region_size": size,
                 "spectral_ratios": region_ratios, "spectral_ratio": ratio, "kernel_sizes": sizes, "scale": down}
+        if cfg.defocus_radii is not None and confidence < 1.0:  # not a trusted motion kernel: is it defocus?
+            y0, x0 = corners[0]
+            radius, dip = self.fit_defocus(lum[0, 0, y0 : y0 + size, x0 : x0 + size])
+            radius = min(radius / down, (cfg.max_kernel_size - 1) / 2)
+            disk = disk_kernel(radius, cfg.max_kernel_size, device=out.device, dtype=out.dtype)
+            d_length, d_width, _ = kernel_moments(disk)
+            d_spread = math.hypot(d_length, d_width)
+            lo, hi = cfg.defocus_dip_range
+            d_conf = min(1.0, max(0.0, (d_spread - cfg.min_blur_length) / (cfg.full_blur_length - cfg.min_blur_length)))
+            d_conf *= min(1.0, max(0.0, (dip - lo) / (hi - lo)))
+            info.update(defocus_radius=radius, defocus_dip=dip)
+            if d_conf > confidence:
+                out, confidence = disk, d_conf
+                info.update(length=d_length, width=d_width, angle=0.0, defocus=True)
         return out, confidence, info
 
     # ------------------------------------------------------------------ non-blind deconvolution
@@ -484,10 +547,11 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         with ``gate_tile`` > 0 applied only where it explains the photo, see ``confidence_map``)."""
         outs, kernels, confs = [], [], []
         for img in image:
-            kernel, conf, _ = self.estimate_kernel(img)
+            kernel, conf, info = self.estimate_kernel(img)
             if conf > 0:
                 sharp = self.deconvolve(img, kernel)
-                if self.config.gate_tile > 0:
+                # a disk's rings of zeros make every tile's spectral_ratio fail: defocus is applied uniformly
+                if self.config.gate_tile > 0 and not info.get("defocus"):
                     conf_map = conf * self.confidence_map(img, kernel)
                     conf = float(conf_map.mean())
                 else:

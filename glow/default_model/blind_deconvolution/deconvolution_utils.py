@@ -3,6 +3,8 @@
 """The small pieces of blind deconvolution: colour and padding, the Fourier domain (OTFs, image gradients), the
 noise estimate, and the blur kernel's projection, centring, resizing and moments (its length and direction)."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -100,6 +102,41 @@ def noise_sigma(lum):
     x = lum[..., : h // 2 * 2, : w // 2 * 2]
     hh = (x[..., 0::2, 0::2] - x[..., 1::2, 0::2] - x[..., 0::2, 1::2] + x[..., 1::2, 1::2]) / 2
     return float(hh.abs().flatten().median()) / 0.6745
+
+
+def disk_kernel(radius, size, device=None, dtype=torch.float32, supersample=4):
+    """Out-of-focus PSF: a disk of ``radius`` px, area-sampled (``supersample``^2 points per pixel), centred in a
+    ``[size, size]`` grid, sums to 1."""
+    c = (size - 1) / 2
+    offsets = (torch.arange(supersample, device=device, dtype=dtype) + 0.5) / supersample - 0.5
+    fine = ((torch.arange(size, device=device, dtype=dtype) - c).view(-1, 1) + offsets.view(1, -1)).reshape(-1)
+    inside = ((fine.view(-1, 1) ** 2 + fine.view(1, -1) ** 2) <= radius**2).to(dtype)
+    kernel = F.avg_pool2d(inside[None, None], supersample)[0, 0]
+    return kernel / kernel.sum().clamp_min(1e-12)
+
+
+def radial_power(region, step=0.005, f_max=0.35):
+    """Mean power spectrum of ``[H, W]`` (Hann window, mean removed) in rings of width ``step`` cycles/px up to
+    ``f_max`` -> (ring centre frequencies ``[n]``, mean power ``[n]``)."""
+    h, w = region.shape
+    win = torch.hann_window(h, periodic=False, device=region.device)[:, None] * torch.hann_window(
+        w, periodic=False, device=region.device)[None, :]
+    power = torch.fft.rfft2((region - (region * win).sum() / win.sum()) * win).abs() ** 2
+    fy = torch.fft.fftfreq(h, device=region.device).view(-1, 1)
+    fx = torch.fft.rfftfreq(w, device=region.device).view(1, -1)
+    n = int(round(f_max / step))
+    ring = (torch.sqrt(fx * fx + fy * fy) / step).long().clamp(max=n).flatten()
+    total = torch.zeros(n + 1, device=region.device, dtype=power.dtype).index_add_(0, ring, power.flatten())
+    count = torch.zeros_like(total).index_add_(0, ring, torch.ones_like(power.flatten()))
+    freq = (torch.arange(n, device=region.device, dtype=power.dtype) + 0.5) * step
+    return freq, (total / count.clamp_min(1))[:n]
+
+
+def disk_gain(freq, radius):
+    """``|OTF|^2`` of a disk PSF of ``radius`` px at radial frequency ``freq`` (cycles/px): ``(2 J1(x) / x)^2``,
+    ``x = 2 pi radius freq``. ``radius`` may be ``[R, 1]`` for several radii at once."""
+    x = (2 * math.pi * freq * radius).clamp_min(1e-6)
+    return (2 * torch.special.bessel_j1(x) / x) ** 2
 
 
 def largest_component(mask, weights):
