@@ -293,3 +293,19 @@ def test_eval_kernels_sharp_photos_rows(tiny_pipeline_dir, tmp_path):
         assert all(math.isfinite(r[k]) for k in ("estimated", "pipeline", "networks"))
     table = (out / "results.md").read_text()
     assert "| s1.png |" in table and f"| **mean** | {np.mean([r['input'] for r in rows]):.2f} |" in table
+
+
+def test_eval_kernels_defocus_kind_draws_disks(tiny_pipeline_dir, tmp_path):
+    # --kind defocus: the synthetic rows are blurred by disks of a radius drawn in --radius (length sqrt(3) r)
+    sharp = tmp_path / "sharp"
+    sharp.mkdir()
+    Image.fromarray(_smooth_image(7, (96, 112))).save(sharp / "a.png")
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "train" / "eval_kernels.py"), "--model", str(tiny_pipeline_dir),
+               "--synthetic", str(sharp), "--kind", "defocus", "--radius", "3,4", "--no_networks", "--threads", "1",
+               "--output_dir", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert 3 <= row["extent"] <= 4 and 3 * 3**0.5 - 0.5 < row["true_length"] < 4 * 3**0.5 + 0.5, row
+    assert row["true_kernel"] > row["input"] and math.isfinite(row["estimated"])

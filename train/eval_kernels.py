@@ -5,7 +5,8 @@
         --no_reference ../shared/data/real_blurry --output_dir results/kernels
 
 Synthetic: every image (full size) is blurred with one of the engine's camera-shake kernels
-(`glow.data.kernels.camera_shake_kernel`, extent drawn uniformly in --extent, seed `--seed + i`), plus Gaussian noise
+(`glow.data.kernels.camera_shake_kernel`, extent drawn uniformly in --extent, seed `--seed + i`), or with
+`--kind defocus` a disk (`glow.data.kernels.defocus_kernel`, radius drawn uniformly in --radius), plus Gaussian noise
 of --noise and 8-bit quantisation. Rows per image (PSNR, uint8 RGB, no crop, `glow.metrics.psnr`):
   input        the blurry image
   estimated    BlindDeconvolution alone (its forward, as the pipeline calls it): estimated kernel, its non-blind
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import glow  # noqa: E402
 import glow.data.motion  # noqa: E402
-from glow.data.kernels import camera_shake_kernel, convolve  # noqa: E402
+from glow.data.kernels import camera_shake_kernel, convolve, defocus_kernel  # noqa: E402
 from glow.data.datasets import list_images  # noqa: E402
 from glow.io import image_to_tensor  # noqa: E402
 from glow.metrics import blur_effect, psnr  # noqa: E402
@@ -49,7 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--synthetic", default=None, help="folder of sharp images")
     p.add_argument("--no_reference", default=None, help="folder of real blurry photos")
     p.add_argument("--sharp", default=None, help="folder of sharp photos (should come back unchanged)")
+    p.add_argument("--kind", choices=["camera_shake", "defocus"], default="camera_shake", help="synthetic blur kind")
     p.add_argument("--extent", default="15,45", help="camera-shake extent range in px (min,max)")
+    p.add_argument("--radius", default="2,12", help="defocus disk radius range in px (min,max), --kind defocus")
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_images", type=int, default=0)
@@ -65,7 +68,7 @@ def run_pipe(pipe, image, deconvolve):
 
 
 def synthetic_rows(pipe, args):
-    lo, hi = (float(v) for v in args.extent.split(","))
+    lo, hi = (float(v) for v in (args.extent if args.kind == "camera_shake" else args.radius).split(","))
     files = list_images(args.synthetic)
     files = files[: args.max_images] if args.max_images else files
     bd = pipe.blind_deconvolution
@@ -73,8 +76,8 @@ def synthetic_rows(pipe, args):
     for i, path in enumerate(files):
         rng = np.random.default_rng(args.seed + i)
         sharp = image_to_tensor(path).float().clamp(0, 1)
-        extent = float(rng.uniform(lo, hi))
-        kernel = camera_shake_kernel(rng, extent=extent)[0]
+        extent = float(rng.uniform(lo, hi))  # the shake's extent or the disk's radius
+        kernel = camera_shake_kernel(rng, extent=extent)[0] if args.kind == "camera_shake" else defocus_kernel(extent)
         noise = torch.from_numpy(rng.standard_normal(sharp.shape)).float() * args.noise
         blurry = torch.round((convolve(sharp, kernel) + noise).clamp(0, 1) * 255) / 255
         t0 = time.perf_counter()
