@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from glow.data import (FrameFolderDataset, MixedDataset, PairedFolderDataset, SharpFolderDataset, SimulatorConfig,
                        collate)
 from glow.data.camera import linear_to_srgb, srgb_to_linear
+from glow.data.datasets import unsharp_mask
 from glow.data.paired import detect_layout
 
 KEYS = {"blurry", "sharp", "motion", "motion_valid", "kernel", "kernel_valid", "kinds", "text"}
@@ -179,3 +180,27 @@ def test_mixed_dataset_honours_ratios_and_is_reproducible(tmp_path):
     assert batch["blurry"].shape == (4, 3, 16, 16)
     with pytest.raises(ValueError):
         MixedDataset({"sim": sim}, {"nope": 1.0})
+
+
+def _high_frequency_share(x):
+    spectrum = torch.fft.fft2(x.mean(0) - x.mean()).abs() ** 2
+    fy, fx = torch.fft.fftfreq(x.shape[-2]).view(-1, 1), torch.fft.fftfreq(x.shape[-1]).view(1, -1)
+    r = (fx**2 + fy**2).sqrt()
+    return float(spectrum[r > 0.3].sum() / spectrum[r > 0.05].sum())
+
+
+def test_sharpen_probability_gives_crisper_targets_and_unsharp_mask_keeps_flat_areas(tmp_path):
+    # a soft photo (smoothed noise, like the RealSR / DRealSR crops); the sharp target is what gets crisper
+    soft = np.random.default_rng(0).integers(0, 256, (96, 96, 3)).astype(np.float32)
+    soft = torch.nn.functional.avg_pool2d(torch.from_numpy(soft).permute(2, 0, 1)[None], 3, 1, 1)[0]
+    Image.fromarray(soft.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()).save(tmp_path / "soft.png")
+    plain = SharpFolderDataset(tmp_path, resolution=64, simulator=FAST, seed=0, length=8, scale_range=None)
+    crisp = SharpFolderDataset(tmp_path, resolution=64, simulator=FAST, seed=0, length=8, scale_range=None,
+                               sharpen_probability=1.0)
+    before = [_high_frequency_share(plain[i]["sharp"]) for i in range(8)]
+    after = [_high_frequency_share(crisp[i]["sharp"]) for i in range(8)]
+    gains = [a / b for a, b in zip(after, before)]
+    assert min(gains) > 1.15 and np.mean(gains) > 1.5
+    assert torch.equal(crisp[3]["sharp"], crisp[3]["sharp"])  # still deterministic per index
+    flat = torch.full((3, 20, 20), 0.4)
+    assert torch.allclose(unsharp_mask(flat, sigma=1.0, amount=1.5), flat, atol=1e-6)

@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     from glow.presets import apply_overrides, build_pipeline, get_preset
 
     sharp = SharpFolderDataset(args.train_data_dir, resolution=args.resolution, simulator=args.simulator_config,
-                               seed=args.seed, render_on_device=args.render_on_device)
+                               seed=args.seed, render_on_device=args.render_on_device,
+                               sharpen_probability=args.sharpen_probability)
     dataset, summary = training.build_mixed_dataset(
         args, {"sim": {"sim/" + "+".join(Path(d).name for d in args.train_data_dir): sharp},
                "frames": training.frame_sources(args)},

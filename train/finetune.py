@@ -52,7 +52,8 @@ def main(argv=None) -> int:
         name = "sim/" + "+".join(Path(d).name for d in args.sharp_data_dir)
         sim[name] = SharpFolderDataset(args.sharp_data_dir, resolution=args.resolution,
                                        simulator=args.simulator_config, seed=args.seed,
-                                       render_on_device=args.render_on_device)
+                                       render_on_device=args.render_on_device,
+                                       sharpen_probability=args.sharpen_probability)
     dataset, summary = training.build_mixed_dataset(
         args, {"paired": paired, "frames": training.frame_sources(args), "sim": sim}, group_ratios(args, parser))
 

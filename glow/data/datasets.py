@@ -118,6 +118,17 @@ def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.pad(image.unsqueeze(0), (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")[0]
 
 
+def unsharp_mask(image: torch.Tensor, sigma: float, amount: float) -> torch.Tensor:
+    """``image + amount * (image - gaussian(image, sigma))``, clipped to [0, 1]; ``image`` is ``[C,H,W]``."""
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=image.dtype)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = (g / g.sum()).view(1, 1, 1, -1).expand(image.shape[0], 1, 1, -1)
+    x = F.pad(image.unsqueeze(0), (r, r, r, r), mode="reflect")
+    smooth = F.conv2d(F.conv2d(x, g, groups=image.shape[0]), g.transpose(-1, -2), groups=image.shape[0])[0]
+    return (image + amount * (image - smooth)).clamp(0, 1)
+
+
 def _augment(tensors: Sequence[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
     """The same random flip / 90-degree rotation for every tensor of a sample (the 8 dihedral transforms)."""
     k = int(rng.integers(4))
@@ -185,13 +196,17 @@ class SharpFolderDataset(_SeededDataset):
     Each sample: a random crop of `resolution` (after a random downscale in `scale_range` when the image is large
     enough, so blur sizes meet content at several scales), a random flip / rot90, then the simulator.
     `length` defaults to the number of files; a larger value cycles through them.
+    `sharpen_probability`: share of crops given an unsharp mask before the simulator (target and input alike), so the
+    networks also see photos as crisp as a camera's sharpened JPEGs; most sharp training sets (RealSR, DRealSR, T91
+    upscaled) are much softer than such photos, and a network that never saw crisp targets takes their fine detail
+    for noise and smooths it (docs/training.md, "Crisp targets").
     `render_on_device=True`: global blur kinds are only drawn here and rendered later, a batch at once, on the
     training device (`glow.data.batched`); every sample then has `recipe` and `recipe_kernel`.
     """
 
     def __init__(self, roots, resolution=256, simulator=None, seed: int = 0, length: int | None = None,
                  augment: bool = True, scale_range: tuple | None = (0.5, 1.0), recursive: bool = True,
-                 render_on_device: bool = False):
+                 render_on_device: bool = False, sharpen_probability: float = 0.0):
         self.files = list_images(roots, recursive=recursive)
         if not self.files:
             raise ValueError(f"No images found in {roots}")
@@ -202,6 +217,7 @@ class SharpFolderDataset(_SeededDataset):
         self.augment = augment
         self.scale_range = scale_range
         self.render_on_device = bool(render_on_device)
+        self.sharpen_probability = float(sharpen_probability)
 
     def __len__(self) -> int:
         return self.length
@@ -225,7 +241,9 @@ class SharpFolderDataset(_SeededDataset):
         x = int(rng.integers(0, w - cw + 1))
         crop = image.region(y, x, ch, cw) if isinstance(image, _Picture) else image[:, y:y + ch, x:x + cw]
         if (ch, cw) != (th, tw):
-            crop = F.interpolate(crop.unsqueeze(0), size=(th, tw), mode="bilinear", antialias=True,
+            # bicubic, not bilinear: bilinear's antialiasing filter softens the crop (measured: a fifth less power above
+            # 0.3 cycles/px), and soft targets teach the networks to smooth crisp photos
+            crop = F.interpolate(crop.unsqueeze(0), size=(th, tw), mode="bicubic", antialias=True,
                                  align_corners=False)[0].clamp(0, 1)
         return crop
 
@@ -247,6 +265,8 @@ class SharpFolderDataset(_SeededDataset):
         crop = self._crop(self._picture(index), rng)
         if self.augment:
             (crop,) = _augment([crop], rng)
+        if self.sharpen_probability > 0 and rng.random() < self.sharpen_probability:
+            crop = unsharp_mask(crop, sigma=float(rng.uniform(0.6, 1.2)), amount=float(rng.uniform(0.3, 1.5)))
         out = self.simulator(crop, seed=int(rng.integers(1 << 62)), defer=self.render_on_device)
         if self.render_on_device and "recipe" not in out:  # a spatially varying kind, rendered here
             out.update(idle_recipe(KERNEL_SIZE))

@@ -59,6 +59,9 @@ def _data_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
            '\'{"kind_weights": {"linear_motion": 1.0}, "linear_length": [3, 15], "p_noise": 0}\' '
            "(a narrower blur distribution, a different camera). Default: the full BPP mix.")
     a("--resolution", type=int, default=256, help="Square training crop size (multiple of 64).")
+    a("--sharpen_probability", type=float, default=0.0,
+      help="Share of the simulated samples whose sharp crop first gets a random unsharp mask (target and input "
+           "alike), so the networks learn that crisp detail is not noise (docs/training.md, 'Crisp targets').")
     a("--deconvolved_inputs", type=float, default=0.0,
       help="Share of the simulated samples with a known kernel that the networks see deconvolved, as the pipeline "
            "deconvolves photos before them (perturbed kernel, random confidence; glow/training/deconvolved.py). "
