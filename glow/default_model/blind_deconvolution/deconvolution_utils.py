@@ -106,7 +106,8 @@ def noise_sigma(lum):
 
 def disk_kernel(radius, size, device=None, dtype=torch.float32, supersample=4):
     """Out-of-focus PSF: a disk of ``radius`` px, area-sampled (``supersample``^2 points per pixel), centred in a
-    ``[size, size]`` grid, sums to 1."""
+    ``[size, size]`` grid, sums to 1. (glow.data.kernels.defocus_kernel draws the training disks; this module travels
+    alone in saved pipeline folders, where `glow` cannot be imported, hence its own.)"""
     c = (size - 1) / 2
     offsets = (torch.arange(supersample, device=device, dtype=dtype) + 0.5) / supersample - 0.5
     fine = ((torch.arange(size, device=device, dtype=dtype) - c).view(-1, 1) + offsets.view(1, -1)).reshape(-1)
