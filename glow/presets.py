@@ -45,7 +45,8 @@ PRESETS = {
         "transformer": _transformer(heads=2, head_dim=16, layers=1, feature_channels=16),
         "scheduler": _SCHEDULER,
         # tests: small kernels, one hypothesis, a small region, few iterations
-        "blind_deconvolution": dict(max_kernel_size=31, kernel_sizes=(31,), region_size=128, iterations=3),
+        "blind_deconvolution": dict(max_kernel_size=31, kernel_sizes=(31,), region_size=128, region_long_side=None,
+                                    iterations=3),
         "pipeline": dict(residual_scale=10.0),
     },
     "small": {

@@ -14,7 +14,7 @@ from glow.presets import build_pipeline
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # small and quick: the search for kernels up to 25 px on a 192 px region
-SMALL = dict(max_kernel_size=25, kernel_sizes=(25,), region_size=192, iterations=6)
+SMALL = dict(max_kernel_size=25, kernel_sizes=(25,), region_size=192, region_long_side=None, iterations=6)
 
 
 def scene(size=192, seed=0):
@@ -151,8 +151,22 @@ def test_the_search_runs_on_the_most_edge_rich_region_only():
     photo[:, 350:550, 20:220] = scene(seed=2, size=200)
     _, _, info = bd.estimate_kernel(photo)
     (y0, x0), = info["regions"]
-    assert info["region_size"] == 192
+    assert info["region_size"] == [192, 192]
     assert 350 - 40 <= y0 <= 550 - 192 + 40 and 20 - 40 <= x0 <= 220 - 192 + 40, (y0, x0)
+
+
+def test_the_region_stretches_along_the_long_side():
+    """``region_long_side``: a landscape photo's region is ``region_size`` high and up to that wide, a portrait's
+    the other way round, and on the busy part of the photo."""
+    bd = BlindDeconvolution(**{**SMALL, "region_long_side": 288})
+    photo = torch.full((3, 240, 576), 0.5)
+    photo[:, 20:220, 300:560] = scene(seed=3, size=260)[:, :200]
+    _, _, info = bd.estimate_kernel(photo)
+    (y0, x0), = info["regions"]
+    assert info["region_size"] == [192, 288]
+    assert 300 - 48 <= x0 <= 560 - 288 + 48, x0
+    _, _, info = bd.estimate_kernel(photo.transpose(1, 2))
+    assert info["region_size"] == [288, 192]
 
 
 def test_confidence_map_keeps_the_part_the_kernel_does_not_explain():
