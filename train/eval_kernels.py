@@ -201,12 +201,12 @@ def main(argv=None):
     if pipe.blind_deconvolution is None:
         raise SystemExit(f"{args.model} has no blind_deconvolution component")
     if args.blind_config:  # one setting changed, the rest as saved (how docs/deconvolution.md tuned them)
-        bd = pipe.blind_deconvolution
+        bd, override = pipe.blind_deconvolution, json.loads(args.blind_config)
         # without the private keys: "_use_default_values" would reset a setting the saved config lacks
         saved = {k: v for k, v in bd.config.items() if not k.startswith("_")}
-        pipe.blind_deconvolution = type(bd).from_config({**saved, **json.loads(args.blind_config)})
+        pipe.blind_deconvolution = type(bd).from_config({**saved, **override})
         print("blind_deconvolution:", json.dumps({k: v for k, v in pipe.blind_deconvolution.config.items()
-                                                  if k in json.loads(args.blind_config)}), flush=True)
+                                                  if k in override}), flush=True)
     rows = synthetic_rows(pipe, args) if args.synthetic else []
     real = real_rows(pipe, args) if args.no_reference else []
     sharp = sharp_rows(pipe, args) if args.sharp else []

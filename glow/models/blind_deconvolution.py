@@ -81,7 +81,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         max_kernel_size: the largest kernel considered (odd, px at full resolution).
         kernel_sizes: the kernel-size hypotheses tried (each <= max_kernel_size); the lowest ``spectral_ratio``
             wins.
-        region_size: side of the square estimation region (px); ``num_regions`` regions at most.
+        region_size: the estimation region's short side (px); ``num_regions`` regions at most.
         region_long_side: the region is stretched along the photo's long side up to this (px; ``None``: a square).
             Measured with ``kernel_sizes`` (51, 75): the larger area and no 31 px hypothesis gave +0.54 dB on one draw
             of Kodak shake, +0.03 on another, +0.42 dB on the held-out frames, at the cost of three squares'
