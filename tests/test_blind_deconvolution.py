@@ -128,6 +128,22 @@ def test_confidence_map_leaves_flat_noisy_tiles_to_the_photo(noise_aware):
     assert (float(conf[:, 234:].mean()) > 0.9) == noise_aware, float(conf[:, 234:].mean())
 
 
+def test_the_kernel_step_on_the_lag_window_is_the_same_operator():
+    """The kernel step's conjugate gradients run on an FFT of ~3k instead of the whole region: the normal operator
+    must be the same, and on a region too small for the window the whole-region one is kept."""
+    from glow.models.deconvolution_utils import otf2psf, psf2otf
+
+    g = torch.Generator().manual_seed(0)
+    shape, k = (200, 310), 25
+    gram = torch.fft.rfft2(torch.randn(shape, generator=g)).abs() ** 2
+    kernel = torch.rand(k, k, generator=g)
+    small, small_shape = BlindDeconvolution._lag_window(gram, shape, k)
+    assert small_shape == (75, 75)
+    whole = otf2psf(gram * psf2otf(kernel, shape), shape, k)
+    torch.testing.assert_close(otf2psf(small * psf2otf(kernel, small_shape), small_shape, k), whole, rtol=1e-4, atol=1e-3)
+    assert BlindDeconvolution._lag_window(gram, (40, 310), k)[1] == (40, 310)
+
+
 def test_saturated_lights_do_not_derail_the_estimate():
     sharp = scene(seed=11)
     yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")
@@ -181,6 +197,20 @@ def test_confidence_map_keeps_the_part_the_kernel_does_not_explain():
     bd = BlindDeconvolution(**SMALL, gate_tile=96)
     conf = bd.confidence_map(photo, kernel)
     assert float(conf[:, :150].mean()) > 0.7 and float(conf[:, 234:].mean()) < 0.3, (conf[:, :150].mean(), conf[:, 234:].mean())
+
+
+def test_tile_ranges_widen_for_long_kernels_only():
+    """``tile_ratio_length``: a kernel shorter than it is gated exactly as without it; a longer one never gets less
+    confidence, and on the sharp half of the photo (ratios ~0.3-0.6 here) it gets more."""
+    kernel = centre_crop(linear_kernel(15.0, math.radians(30)), 25)
+    left = blur(scene(seed=12), kernel)
+    right = (scene(seed=13) + 0.005 * torch.randn(3, 192, 192, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    photo = torch.cat([left, right], dim=-1)
+    maps = {length: BlindDeconvolution(**SMALL, gate_tile=96, tile_ratio_length=length).confidence_map(photo, kernel)
+            for length in (None, 20.0, 5.0)}
+    torch.testing.assert_close(maps[20.0], maps[None])
+    assert bool((maps[5.0] >= maps[None] - 1e-6).all())
+    assert float(maps[5.0][:, 234:].mean()) > float(maps[None][:, 234:].mean()) + 0.1
 
 
 @pytest.mark.parametrize("shape", [(20, 300), (40, 64), (64, 300)])
