@@ -45,10 +45,11 @@ def run_one(args):
     rng = np.random.default_rng(0)
     image = (rng.random((h // 16 + 1, w // 16 + 1, 3)) * 255).astype(np.uint8)
     image = np.kron(image, np.ones((16, 16, 1), np.uint8))[:h, :w]  # blocky, so not pure noise
-    # a 21 px horizontal streak (box filter by cumulative sums: little memory, so the peak below is the pipeline's),
-    # so the blind deconvolution has a blur to find and remove
-    padded = np.pad(image.astype(np.float32), ((0, 0), (11, 10), (0, 0)), mode="edge").cumsum(axis=1)
-    image = np.round((padded[:, 21:] - padded[:, :-21]) / 21).astype(np.uint8)
+    # a horizontal streak (--streak px; box filter by cumulative sums: little memory, so the peak below is the
+    # pipeline's), so the blind deconvolution has a blur to find and remove
+    n = args.streak
+    padded = np.pad(image.astype(np.float32), ((0, 0), ((n + 1) // 2, n // 2), (0, 0)), mode="edge").cumsum(axis=1)
+    image = np.round((padded[:, n:] - padded[:, :-n]) / n).astype(np.uint8)
     del padded
     pipe = _load(args.model)
     pipe(image[:64, :64], **_call_kwargs(args))  # warm-up (also loads/caches the empty-prompt embedding)
@@ -62,8 +63,9 @@ def run_one(args):
     if pipe.blind_deconvolution is not None:  # its two halves alone: the kernel search, then the deconvolution
         rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255
         t0 = time.perf_counter()
-        kernel, _, _ = pipe.blind_deconvolution.estimate_kernel(rgb)
+        kernel, _, info = pipe.blind_deconvolution.estimate_kernel(rgb)
         blind["estimate_s"] = time.perf_counter() - t0
+        blind["kernel_length"] = info["length"]
         t0 = time.perf_counter()
         pipe.blind_deconvolution.deconvolve(rgb, kernel)
         blind["deconvolve_s"] = time.perf_counter() - t0
@@ -134,6 +136,9 @@ def main():
     parser.add_argument("--tile-size", type=int, default=None, help="0 = no tiling; default: the pipeline's default")
     parser.add_argument("--tile-overlap", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streak", type=int, default=21,
+                        help="length (px) of the test photo's horizontal blur; from 25 px on, the search tries its "
+                             "long-blur hypothesis too")
     parser.add_argument("--skip-components", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -152,14 +157,15 @@ def main():
     if args.child:
         return run_one(args)
 
-    print(f"load: {os.getloadavg()} (shared machine), torch {torch.__version__}, threads {args.threads}")
+    print(f"load: {os.getloadavg()} (shared machine), torch {torch.__version__}, threads {args.threads}, "
+          f"streak {args.streak} px")
     print(f"settings: steps={args.steps} fidelity={args.fidelity} guidance_scale={args.guidance_scale} "
           f"tile_size={args.tile_size if args.tile_size is not None else defaults['tile_size']} "
           f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}")
     for mp in args.megapixels:
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--megapixels", str(mp),
                "--steps", str(args.steps), "--fidelity", str(args.fidelity), "--guidance-scale", str(args.guidance_scale),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--streak", str(args.streak)]
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]
         if args.tile_overlap is not None:
@@ -172,8 +178,8 @@ def main():
         print(f"{r['size']:>11s} ({r['megapixels']:.1f} MP): {r['seconds']:7.1f} s = {r['s_per_mp']:.2f} s/MP wall ({r['cpu_s_per_mp']:.2f} CPU-s/MP), "
               f"peak RSS {r['peak_rss_mb']:.0f} MB (after loading: {r['rss_after_load_mb']:.0f} MB)"
               + (f"; blind deconvolution alone: kernel estimate {r['estimate_s']:.1f} s, deconvolution "
-                 f"{r['deconvolve_s']:.1f} s, confidence map {r['confidence_map_s']:.1f} s (applied "
-                 f"{r['confidence']:.0%})" if "estimate_s" in r else ""))
+                 f"{r['deconvolve_s']:.1f} s, confidence map {r['confidence_map_s']:.1f} s (a {r['kernel_length']:.0f} px "
+                 f"kernel, applied {r['confidence']:.0%})" if "estimate_s" in r else ""))
     if not args.skip_components:
         components(args)
     print(f"load after: {os.getloadavg()}")

@@ -144,6 +144,36 @@ def test_the_kernel_step_on_the_lag_window_is_the_same_operator():
     assert BlindDeconvolution._lag_window(gram, (40, 310), k)[1] == (40, 310)
 
 
+def test_the_long_blur_hypothesis_runs_for_long_kernels_only_and_needs_a_clear_win():
+    sharp = scene(seed=3)
+    settings = dict(SMALL, long_blur_lambda=4e-3, long_blur_length=8.0)
+    for length, tried in ((4.0, False), (13.0, True)):
+        blurry = blur(sharp, centre_crop(linear_kernel(length, math.radians(30)), 25))
+        _, _, info = BlindDeconvolution(**settings).estimate_kernel(blurry)
+        assert len(info["spectral_ratios"][0]) == 1 + tried, (length, info["spectral_ratios"])
+    # a margin no ratio can meet: the base hypothesis's kernel, exactly as without the extra try
+    base, base_conf, _ = BlindDeconvolution(**dict(SMALL, long_blur_lambda=None)).estimate_kernel(blurry)
+    never, never_conf, _ = BlindDeconvolution(**dict(settings, long_blur_margin=1.0)).estimate_kernel(blurry)
+    assert torch.equal(never, base) and never_conf == base_conf
+    # a margin any ratio meets: the extra kernel wins, and the confidence is judged on its own ratio
+    _, _, info = BlindDeconvolution(**dict(settings, long_blur_margin=-100.0)).estimate_kernel(blurry)
+    assert info["spectral_ratio"] == info["spectral_ratios"][0][1]
+
+
+def test_a_hypothesis_that_finds_no_blur_vetoes_the_deconvolution():
+    # a 3 px support cannot hold a blur of min_blur_length (5 px): that hypothesis says "no blur", like a search on a
+    # sharp photo; the 25 px one finds the 13 px line and wins the ranking
+    blurry = blur(scene(seed=3), centre_crop(linear_kernel(13.0, math.radians(30)), 25))
+    settings = dict(SMALL, kernel_sizes=(3, 25))
+    kernel, confidence, info = BlindDeconvolution(**settings).estimate_kernel(blurry)
+    assert not info["unanimous"] and confidence == 0.0 and kernel_moments(kernel)[0] > 10
+    _, confidence, info = BlindDeconvolution(**dict(settings, unanimous_blur=False)).estimate_kernel(blurry)
+    assert confidence > 0.9
+    # two supports that both hold the blur agree: full confidence, as with one
+    _, confidence, info = BlindDeconvolution(**dict(SMALL, kernel_sizes=(19, 25))).estimate_kernel(blurry)
+    assert info["unanimous"] and confidence == 1.0
+
+
 def test_saturated_lights_do_not_derail_the_estimate():
     sharp = scene(seed=11)
     yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")

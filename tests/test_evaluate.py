@@ -309,3 +309,13 @@ def test_eval_kernels_defocus_kind_draws_disks(tiny_pipeline_dir, tmp_path):
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert 3 <= row["extent"] <= 4 and 3 * 3**0.5 - 0.5 < row["true_length"] < 4 * 3**0.5 + 0.5, row
     assert row["true_kernel"] > row["input"] and math.isfinite(row["estimated"])
+
+
+def test_eval_kernels_refuses_a_blind_config_key_the_model_lacks(tiny_pipeline_dir, tmp_path):
+    # diffusers' from_config keeps unknown keys unused: a typo (or a setting newer than the model folder's code) would
+    # otherwise be measured as if it were applied
+    command = [sys.executable, str(ROOT / "train" / "eval_kernels.py"), "--model", str(tiny_pipeline_dir),
+               "--synthetic", str(tmp_path), "--no_networks", "--blind_config", '{"lambda_gard": 0.004}',
+               "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0 and "lambda_gard" in result.stderr and not (tmp_path / "out" / "results.json").exists()

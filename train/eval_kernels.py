@@ -26,6 +26,7 @@ Writes results.md and results.json to --output_dir.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -202,6 +203,11 @@ def main(argv=None):
         raise SystemExit(f"{args.model} has no blind_deconvolution component")
     if args.blind_config:  # one setting changed, the rest as saved (how docs/deconvolution.md tuned them)
         bd, override = pipe.blind_deconvolution, json.loads(args.blind_config)
+        # from_config keeps unknown keys without using them: a setting the model folder's code lacks must not pass
+        # silently as measured
+        unknown = sorted(set(override) - set(inspect.signature(type(bd).__init__).parameters))
+        if unknown:
+            raise SystemExit(f"--blind_config: {unknown} are not settings of {args.model}'s BlindDeconvolution")
         # without the private keys: "_use_default_values" would reset a setting the saved config lacks
         saved = {k: v for k, v in bd.config.items() if not k.startswith("_")}
         pipe.blind_deconvolution = type(bd).from_config({**saved, **override})
