@@ -84,8 +84,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         unanimous_blur: every size hypothesis must find a blur (a kernel spreading at least ``min_blur_length`` px,
             with rings ``spectral_ratio`` can test), or the motion kernel gets no confidence: a sharp photo's texture
             can lead one search to a kernel whose zeros fall where the photo itself has little detail (Kodak's
-            kodim01 as a JPEG: a 13 px kernel, ratio 0.255, where the other hypothesis found no blur). Never seen on
-            blurred photos (96 shake searches, the frames, the real photos; docs/deconvolution.md).
+            kodim01 as a JPEG: a 13 px kernel, ratio 0.255, where the other hypothesis found no blur). Not seen on
+            the two Kodak shake draws, the held-out frames or the real photos; one engine-blur crop of 24 lost a
+            confidence of 0.27 (docs/deconvolution.md).
         long_blur_lambda / long_blur_length / long_blur_margin: when the best hypothesis is at least
             ``long_blur_length`` px long (estimation scale) and fully trusted (``spectral_ratio`` below the first
             value of ``spectral_ratio_range``), one more is tried: ``max_kernel_size`` with the L0 weight
