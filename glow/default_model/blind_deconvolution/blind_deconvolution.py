@@ -462,9 +462,10 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             candidates = [self._estimate_region(region, sat, ks) for ks in sizes]
             ratios = [self.spectral_ratio(region, kk, sat) for kk in candidates]
             best = min(range(len(ratios)), key=lambda i: ratios[i])
-            unanimous.append(all(math.isfinite(r) and math.hypot(*kernel_moments(kk)[:2]) / down >= cfg.min_blur_length
-                                 for kk, r in zip(candidates, ratios)))
-            if (cfg.long_blur_lambda is not None and kernel_moments(candidates[best])[0] >= cfg.long_blur_length
+            moments = [kernel_moments(kk) for kk in candidates]  # (length, width, angle) at the estimation scale
+            unanimous.append(all(math.isfinite(r) and math.hypot(m[0], m[1]) / down >= cfg.min_blur_length
+                                 for m, r in zip(moments, ratios)))
+            if (cfg.long_blur_lambda is not None and moments[best][0] >= cfg.long_blur_length
                     and ratios[best] <= cfg.spectral_ratio_range[0]):
                 # a long blur: one more try with a sparser latent image, kept only where clearly better
                 candidates.append(self._estimate_region(region, sat, max(sizes), cfg.long_blur_lambda))
