@@ -144,20 +144,42 @@ def test_the_kernel_step_on_the_lag_window_is_the_same_operator():
     assert BlindDeconvolution._lag_window(gram, (40, 310), k)[1] == (40, 310)
 
 
-def test_the_long_blur_hypothesis_runs_for_long_kernels_only_and_needs_a_clear_win():
+def test_the_largest_search_is_sparse_for_long_blurs_only_and_must_win_clearly():
     sharp = scene(seed=3)
-    settings = dict(SMALL, long_blur_lambda=4e-3, long_blur_length=8.0)
-    for length, tried in ((4.0, False), (13.0, True)):
+    settings = dict(SMALL, kernel_sizes=(19, 25), long_blur_lambda=4e-3, long_blur_length=8.0)
+    for length, sparse in ((4.0, False), (13.0, True)):
         blurry = blur(sharp, centre_crop(linear_kernel(length, math.radians(30)), 25))
         _, _, info = BlindDeconvolution(**settings).estimate_kernel(blurry)
-        assert len(info["spectral_ratios"][0]) == 1 + tried, (length, info["spectral_ratios"])
-    # a margin no ratio can meet: the base hypothesis's kernel, exactly as without the extra try
-    base, base_conf, _ = BlindDeconvolution(**dict(SMALL, long_blur_lambda=None)).estimate_kernel(blurry)
+        assert info["long_blur_search"] == sparse and len(info["spectral_ratios"][0]) == 2, (length, info)
+    # the sparse search replaces the usual one: its kernel differs from what the usual weight finds
+    usual = BlindDeconvolution(**dict(settings, long_blur_lambda=None, long_blur_margin=-100.0))
+    sparse = BlindDeconvolution(**dict(settings, long_blur_margin=-100.0))
+    assert usual.estimate_kernel(blurry)[2]["spectral_ratios"] != sparse.estimate_kernel(blurry)[2]["spectral_ratios"]
+    # a margin no ratio can meet: the smaller search's kernel, exactly as if it had been the only one
+    alone, alone_conf, _ = BlindDeconvolution(**dict(SMALL, kernel_sizes=(19,))).estimate_kernel(blurry)
     never, never_conf, _ = BlindDeconvolution(**dict(settings, long_blur_margin=1.0)).estimate_kernel(blurry)
-    assert torch.equal(never, base) and never_conf == base_conf
-    # a margin any ratio meets: the extra kernel wins, and the confidence is judged on its own ratio
-    _, _, info = BlindDeconvolution(**dict(settings, long_blur_margin=-100.0)).estimate_kernel(blurry)
+    assert torch.equal(never, alone) and never_conf == alone_conf
+    # a margin any ratio meets: the sparse kernel wins, and the confidence is judged on its own ratio
+    _, _, info = sparse.estimate_kernel(blurry)
     assert info["spectral_ratio"] == info["spectral_ratios"][0][1]
+
+
+def test_linear_light_deconvolution_undoes_a_blur_made_in_linear_light():
+    """deconv_linear_light (off by default): a camera blurs in linear light; with the true kernel, deconvolving there
+    gets closer than deconvolving the sRGB values, and the default (off) is exactly the sRGB deconvolution."""
+    from glow.models.deconvolution_utils import linear_to_srgb, srgb_to_linear
+
+    sharp = scene(seed=5)
+    kernel = centre_crop(linear_kernel(13.0, math.radians(20)), 25)
+    g = torch.Generator().manual_seed(1)
+    blurry = (linear_to_srgb(convolve(srgb_to_linear(sharp), kernel)) + 0.005 * torch.randn(sharp.shape, generator=g))
+    blurry = blurry.clamp(0, 1)
+    srgb = BlindDeconvolution(**SMALL)
+    linear = BlindDeconvolution(**dict(SMALL, deconv_linear_light=True))
+    assert torch.equal(srgb.deconvolve_photo(blurry, kernel), srgb.deconvolve(blurry, kernel))
+    gain_srgb = psnr(srgb.deconvolve_photo(blurry, kernel), sharp) - psnr(blurry, sharp)
+    gain_linear = psnr(linear.deconvolve_photo(blurry, kernel), sharp) - psnr(blurry, sharp)
+    assert gain_linear > gain_srgb + 1.0 and gain_srgb > 2.0, (gain_srgb, gain_linear)
 
 
 def test_a_hypothesis_that_finds_no_blur_vetoes_the_deconvolution():

@@ -74,3 +74,43 @@ def test_training_with_deconvolved_inputs_runs_and_validates_with_the_deconvolut
     refused = subprocess.run(cmd[:-4] + ["--no-render_on_device", "--deconvolved_inputs", "0.5"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "needs --render_on_device" in refused.stderr
+
+
+def test_make_deconvolved_pairs_caches_the_estimators_output_as_a_paired_folder(tmp_path):
+    """train/make_deconvolved_pairs.py: simulated photos, frame averages and real pairs, each deconvolved by the
+    shipped BlindDeconvolution, written as blur/ + sharp/ that PairedFolderDataset reads; a rerun makes nothing new."""
+    from glow.data import PairedFolderDataset
+
+    rng = np.random.default_rng(0)
+    sharp, clip, pairs = tmp_path / "sharp", tmp_path / "clip", tmp_path / "pairs"
+    for d in (sharp, clip, pairs / "blur", pairs / "sharp"):
+        d.mkdir(parents=True)
+    for i in range(3):
+        img = (np.kron(rng.random((12, 12, 3)), np.ones((8, 8, 1))) * 255).astype(np.uint8)
+        Image.fromarray(img).save(sharp / f"{i}.png")
+    scene = (np.kron(rng.random((10, 14, 3)), np.ones((8, 8, 1))) * 255).astype(np.uint8)
+    for i in range(8):  # a pan: each frame shifted by one more pixel
+        Image.fromarray(np.roll(scene, i, axis=1)).save(clip / f"{i:03d}.png")
+    Image.fromarray(scene).save(pairs / "sharp" / "a.png")
+    Image.fromarray(np.roll(scene, 2, axis=1)).save(pairs / "blur" / "a.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "train" / "make_deconvolved_pairs.py"), "--model", str(ROOT / "glow" / "default_model"),
+           "--output_dir", str(out), "--sharp_data_dir", str(sharp), "--num_sharp", "2", "--crop", "80",
+           "--frames_data_dir", str(clip), "--num_frames", "2", "--holdout", "2", "--pairs_data_dir", str(pairs),
+           "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    names = sorted(p.name for p in (out / "blur").iterdir())
+    assert names == sorted(p.name for p in (out / "sharp").iterdir())
+    assert len(names) == 5 and sum(n.startswith("frames_") for n in names) == 2 and "pair_pairs_a.png" in names
+    records = [json.loads(line) for line in open(out / "estimates-0.jsonl")]
+    assert len(records) == 5 and all(0.0 <= r["confidence"] <= 1.0 for r in records)
+    for name in names:  # the deconvolved photo keeps its target's size (frames: full 80x112)
+        assert Image.open(out / "blur" / name).size == Image.open(out / "sharp" / name).size
+    assert Image.open(out / "sharp" / "frames_clip_00000.png").size == (112, 80)
+    dataset = PairedFolderDataset(out, resolution=64)
+    assert dataset.layout == "folders" and len(dataset) == 5 and dataset[0]["blurry"].shape == (3, 64, 64)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0 and rerun.stdout == ""  # everything exists: nothing is redone
+    assert len(open(out / "estimates-0.jsonl").read().splitlines()) == 5

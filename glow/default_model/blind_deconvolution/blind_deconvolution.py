@@ -56,6 +56,7 @@ from .deconvolution_utils import (
     psf2otf,
     radial_power,
     resize_kernel,
+    linear_to_srgb,
     srgb_to_linear,
 )
 
@@ -87,13 +88,14 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             kodim01 as a JPEG: a 13 px kernel, ratio 0.255, where the other hypothesis found no blur). Not seen on
             the two Kodak shake draws, the held-out frames or the real photos; one engine-blur crop of 24 lost a
             confidence of 0.27 (docs/deconvolution.md).
-        long_blur_lambda / long_blur_length / long_blur_margin: when the best hypothesis is at least
+        long_blur_lambda / long_blur_length / long_blur_margin: when the smaller hypotheses' best is at least
             ``long_blur_length`` px long (estimation scale) and fully trusted (``spectral_ratio`` below the first
-            value of ``spectral_ratio_range``), one more is tried: ``max_kernel_size`` with the L0 weight
-            ``long_blur_lambda`` (the latent image keeps only the strongest edges, which long kernels need); it wins
-            only with a ``spectral_ratio`` lower by the fraction ``long_blur_margin``. ``long_blur_lambda`` None: never.
-            Measured on two draws of Kodak shake: the 54 and 47 px blurs that came out worse than their input gained
-            5 and 4.3 dB; alone, the weight made short kernels too long (docs/deconvolution.md).
+            value of ``spectral_ratio_range``), the largest size is searched with the L0 weight ``long_blur_lambda``
+            instead of ``lambda_grad`` (the latent image keeps only the strongest edges, which long kernels need);
+            it wins only with a ``spectral_ratio`` lower by the fraction ``long_blur_margin``. ``long_blur_lambda``
+            None: never. Measured on two draws of Kodak shake: the 54 and 47 px blurs that came out worse than their
+            input gained 5 and 4.3 dB; alone, the weight made short kernels too long. Searched instead of the usual
+            largest size, not beside it, a long blur costs no more than a short one (docs/deconvolution.md).
         region_size: the estimation region's short side (px); ``num_regions`` regions at most.
         region_long_side: the region is stretched along the photo's long side up to this (px; ``None``: a square).
             Measured with ``kernel_sizes`` (51, 75): the larger area and no 31 px hypothesis gave +0.54 dB on one draw
@@ -118,6 +120,8 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             tile left with no evidence keeps the photo's confidence (without it, flat tiles at 1% noise were switched
             off: -0.6 dB on uniform shake, docs/deconvolution.md).
         linear_light: estimate on linear-light luminance instead of sRGB.
+        deconv_linear_light: deconvolve in linear light (sRGB curve undone, then redone): a camera's blur happens
+            there, so a light's halo is not left around it; off when the blur was made in sRGB (docs/deconvolution.md).
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
             the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``).
         min_blur_length / full_blur_length: kernels shorter than the first are "no blur" (confidence 0); the
@@ -155,6 +159,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         edge_pixels: float = 20.0,
         kernel_threshold: float = 0.05,
         linear_light: bool = False,
+        deconv_linear_light: bool = False,
         deconv_weight: float = 1e-3,
         deconv_iterations: int = 6,
         deconv_length_scale: float = 60.0,
@@ -455,23 +460,29 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         sizes = sorted({min(int(s) | 1, cfg.max_kernel_size) for s in cfg.kernel_sizes})
         # at the estimation scale, and at most half the region (a kernel must be smaller than what it blurs)
         sizes = sorted({min(max(3, int(round(s * down)) | 1), (min(size) // 2) | 1) for s in sizes})
-        region_kernels, region_ratios, chosen_ratios, unanimous = [], [], [], []
+        region_kernels, region_ratios, chosen_ratios, unanimous, sparse_searches = [], [], [], [], []
         for y0, x0 in corners:
             region = lum[0, 0, y0 : y0 + size[0], x0 : x0 + size[1]]
             sat = saturated[0, 0, y0 : y0 + size[0], x0 : x0 + size[1]]
-            candidates = [self._estimate_region(region, sat, ks) for ks in sizes]
-            ratios = [self.spectral_ratio(region, kk, sat) for kk in candidates]
+            candidates, ratios, moments, sparse = [], [], [], False
+            for ks in sizes:
+                lam = None
+                if candidates and ks == max(sizes) and cfg.long_blur_lambda is not None:
+                    b = min(range(len(ratios)), key=lambda i: ratios[i])
+                    # the smaller search already found a long, trusted blur: the largest one uses a sparser latent
+                    # image (only the strongest edges, which long kernels need) instead of the usual one
+                    if moments[b][0] >= cfg.long_blur_length and ratios[b] <= cfg.spectral_ratio_range[0]:
+                        lam, sparse = cfg.long_blur_lambda, True
+                candidates.append(self._estimate_region(region, sat, ks, lam))
+                ratios.append(self.spectral_ratio(region, candidates[-1], sat))
+                moments.append(kernel_moments(candidates[-1]))  # (length, width, angle) at the estimation scale
             best = min(range(len(ratios)), key=lambda i: ratios[i])
-            moments = [kernel_moments(kk) for kk in candidates]  # (length, width, angle) at the estimation scale
+            if sparse:  # the sparse search is kept only where clearly better
+                shorter = min(range(len(ratios) - 1), key=lambda i: ratios[i])
+                best = len(ratios) - 1 if ratios[-1] < (1 - cfg.long_blur_margin) * ratios[shorter] else shorter
             unanimous.append(all(math.isfinite(r) and math.hypot(m[0], m[1]) / down >= cfg.min_blur_length
                                  for m, r in zip(moments, ratios)))
-            if (cfg.long_blur_lambda is not None and moments[best][0] >= cfg.long_blur_length
-                    and ratios[best] <= cfg.spectral_ratio_range[0]):
-                # a long blur: one more try with a sparser latent image, kept only where clearly better
-                candidates.append(self._estimate_region(region, sat, max(sizes), cfg.long_blur_lambda))
-                ratios.append(self.spectral_ratio(region, candidates[-1], sat))
-                if ratios[-1] < (1 - cfg.long_blur_margin) * ratios[best]:
-                    best = len(candidates) - 1
+            sparse_searches.append(sparse)
             region_kernels.append(candidates[best])
             region_ratios.append(ratios)
             chosen_ratios.append(ratios[best])
@@ -498,7 +509,8 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         if cfg.unanimous_blur and not unanimous[0]:  # one hypothesis found no blur: a sharp photo's texture, not blur
             confidence = 0.0
         info = {"length": length, "width": width, "angle": angle, "regions": corners, "region_size": list(size),
-                "spectral_ratios": region_ratios, "spectral_ratio": ratio, "unanimous": unanimous[0], "kernel_sizes": sizes, "scale": down}
+                "spectral_ratios": region_ratios, "spectral_ratio": ratio, "unanimous": unanimous[0], "kernel_sizes": sizes, "scale": down,
+                "long_blur_search": sparse_searches[0]}
         if cfg.defocus_radii is not None and confidence < 1.0:  # not a trusted motion kernel: is it defocus?
             y0, x0 = corners[0]
             radius, dip = self.fit_defocus(lum[0, 0, y0 : y0 + size[0], x0 : x0 + size[1]])
@@ -517,10 +529,18 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ non-blind deconvolution
     @torch.no_grad()
-    def deconvolve(self, image, kernel, weight=None):
+    def deconvolve_photo(self, image, kernel):
+        """``[3,H,W]`` sRGB photo deconvolved with ``kernel``: in sRGB, or with ``deconv_linear_light`` in linear
+        light (the sRGB curve undone, then redone; the clipping level converted with it)."""
+        if not self.config.deconv_linear_light:
+            return self.deconvolve(image, kernel)
+        saturation = float(srgb_to_linear(torch.tensor(float(self.config.saturation))))
+        return linear_to_srgb(self.deconvolve(srgb_to_linear(image), kernel, saturation=saturation))
+
+    def deconvolve(self, image, kernel, weight=None, saturation=None):
         """``[C,H,W]`` (any C) deconvolved with ``kernel [K,K]``: min ||k*x - y||^2 + w sum |grad x|^p by HQS with an
-        iteratively reweighted shrinkage (p ~ 0.8), on a smoothly periodic padding; clipped pixels are missing
-        data (replaced each iteration by the re-blurred estimate)."""
+        iteratively reweighted shrinkage (p ~ 0.8), on a smoothly periodic padding; clipped pixels (at or above
+        ``saturation``, default the config's) are missing data (replaced each iteration by the re-blurred estimate)."""
         cfg = self.config
         c, h, w = image.shape
         length, width, _ = kernel_moments(kernel)
@@ -538,14 +558,15 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
         del dx_otf, dy_otf
         # one channel at a time: a 12 MP photo's spectra are ~100 MB each, and each step holds several
-        return torch.stack([self._deconvolve_channel(channel, k_otf, den_k, den_g, shape, weight)
+        saturation = cfg.saturation if saturation is None else saturation
+        return torch.stack([self._deconvolve_channel(channel, k_otf, den_k, den_g, shape, weight, saturation)
                             for channel in image.float()])
 
-    def _deconvolve_channel(self, image, k_otf, den_k, den_g, shape, weight):
+    def _deconvolve_channel(self, image, k_otf, den_k, den_g, shape, weight, saturation):
         cfg = self.config
         h, w = image.shape
         y = periodic_pad(image, shape[0] - h, shape[1] - w)
-        clipped = y >= cfg.saturation
+        clipped = y >= saturation
         has_clipped = bool(clipped[:h, :w].any())
         y_f = torch.fft.rfft2(y)
         x = y.clone()
@@ -615,7 +636,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         for img in image:
             kernel, conf, info = self.estimate_kernel(img)
             if conf > 0:
-                sharp = self.deconvolve(img, kernel)
+                sharp = self.deconvolve_photo(img, kernel)
                 # a disk's rings of zeros make every tile's spectral_ratio fail: defocus is applied uniformly
                 if self.config.gate_tile > 0 and not info.get("defocus"):
                     conf_map = conf * self.confidence_map(img, kernel)

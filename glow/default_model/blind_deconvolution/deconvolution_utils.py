@@ -20,6 +20,11 @@ def srgb_to_linear(x):
     return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
+def linear_to_srgb(x):
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+
+
 def periodic_pad(x, pad_h, pad_w):
     """Pad ``[..., H, W]`` by ``pad_h`` rows at the bottom and ``pad_w`` columns at the right so the result is smooth
     across its wrap-around edges: the padding ramps linearly from the last row/column back to the first. The FFT
