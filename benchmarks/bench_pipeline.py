@@ -137,8 +137,8 @@ def main():
     parser.add_argument("--tile-overlap", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--streak", type=int, default=21,
-                        help="length (px) of the test photo's horizontal blur; a kernel found 25 px or longer also runs "
-                             "the long-blur search (41 px is found as 30 px)")
+                        help="length (px) of the test photo's horizontal blur; a kernel found 25 px or longer makes the "
+                             "larger search the sparse long-blur one (41 px is found as 30 px)")
     parser.add_argument("--skip-components", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
