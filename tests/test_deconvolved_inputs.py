@@ -94,7 +94,8 @@ def test_make_deconvolved_pairs_caches_the_estimators_output_as_a_paired_folder(
     Image.fromarray(scene).save(pairs / "sharp" / "a.png")
     Image.fromarray(np.roll(scene, 2, axis=1)).save(pairs / "blur" / "a.png")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "train" / "make_deconvolved_pairs.py"), "--model", str(ROOT / "glow" / "default_model"),
+    cmd = [sys.executable, str(ROOT / "train" / "make_deconvolved_pairs.py"),
+           "--model", str(ROOT / "glow" / "default_model"),
            "--output_dir", str(out), "--sharp_data_dir", str(sharp), "--num_sharp", "2", "--crop", "80",
            "--frames_data_dir", str(clip), "--num_frames", "2", "--holdout", "2", "--pairs_data_dir", str(pairs),
            "--threads", "1"]

@@ -49,6 +49,7 @@ from .deconvolution_utils import (
     kernel_moments,
     kernel_motion,
     largest_component,
+    linear_to_srgb,
     luminance,
     noise_sigma,
     otf2psf,
@@ -56,7 +57,6 @@ from .deconvolution_utils import (
     psf2otf,
     radial_power,
     resize_kernel,
-    linear_to_srgb,
     srgb_to_linear,
 )
 
@@ -120,8 +120,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             tile left with no evidence keeps the photo's confidence (without it, flat tiles at 1% noise were switched
             off: -0.6 dB on uniform shake, docs/deconvolution.md).
         linear_light: estimate on linear-light luminance instead of sRGB.
-        deconv_linear_light: deconvolve in linear light (sRGB curve undone, then redone): a camera's blur happens
-            there, so a light's halo is not left around it; off when the blur was made in sRGB (docs/deconvolution.md).
+        deconv_linear_light: deconvolve in linear light (sRGB curve undone, then redone), where a camera's blur
+            happens. Off: on real photos it left darker rims around lights, and it loses 2 dB on blur made in sRGB
+            (docs/deconvolution.md, "Linear light").
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
             the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``).
         min_blur_length / full_blur_length: kernels shorter than the first are "no blur" (confidence 0); the
@@ -509,8 +510,8 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         if cfg.unanimous_blur and not unanimous[0]:  # one hypothesis found no blur: a sharp photo's texture, not blur
             confidence = 0.0
         info = {"length": length, "width": width, "angle": angle, "regions": corners, "region_size": list(size),
-                "spectral_ratios": region_ratios, "spectral_ratio": ratio, "unanimous": unanimous[0], "kernel_sizes": sizes, "scale": down,
-                "long_blur_search": sparse_searches[0]}
+                "spectral_ratios": region_ratios, "spectral_ratio": ratio, "unanimous": unanimous[0], "kernel_sizes": sizes,
+                "scale": down, "long_blur_search": sparse_searches[0]}
         if cfg.defocus_radii is not None and confidence < 1.0:  # not a trusted motion kernel: is it defocus?
             y0, x0 = corners[0]
             radius, dip = self.fit_defocus(lum[0, 0, y0 : y0 + size[0], x0 : x0 + size[1]])
@@ -537,6 +538,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         saturation = float(srgb_to_linear(torch.tensor(float(self.config.saturation))))
         return linear_to_srgb(self.deconvolve(srgb_to_linear(image), kernel, saturation=saturation))
 
+    @torch.no_grad()
     def deconvolve(self, image, kernel, weight=None, saturation=None):
         """``[C,H,W]`` (any C) deconvolved with ``kernel [K,K]``: min ||k*x - y||^2 + w sum |grad x|^p by HQS with an
         iteratively reweighted shrinkage (p ~ 0.8), on a smoothly periodic padding; clipped pixels (at or above

@@ -4,8 +4,8 @@ At test time the pipeline deconvolves each photo with the kernel `BlindDeconvolu
 confidence, before the networks see it; so the networks must learn to remove what that leaves (ringing, amplified
 noise, a kernel slightly wrong). `--deconvolved_inputs P` trains on that: for a share P of the simulated samples whose
 kernel is known (the deferred global kinds, `--render_on_device`), the rendered blurry crop is deconvolved with the
-pipeline's own `BlindDeconvolution.deconvolve` and a perturbed copy of the true kernel, then blended with the blurry
-crop by a random confidence. The perturbation reproduces the estimator's measured habits (docs/deconvolution.md):
+pipeline's own `BlindDeconvolution.deconvolve_photo` and a perturbed copy of the true kernel, then blended with the
+blurry crop by a random confidence. The perturbation reproduces the estimator's measured habits (docs/deconvolution.md):
 kernels a little too thick, a little too long or short, a few degrees off.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def deconvolve_inputs(batch: dict, blind_deconvolution, share: float, generator:
     for i in index:
         kernel = perturb_kernel(batch["recipe_kernel"][i], generator)
         blurry = batch["blurry"][i].float()
-        sharp = blind_deconvolution.deconvolve(blurry, kernel).clamp(0, 1)
+        sharp = blind_deconvolution.deconvolve_photo(blurry, kernel).clamp(0, 1)
         # the pipeline fades the deconvolution by its confidence: often all of it, sometimes part
         confidence = 1.0 if float(torch.rand(1, generator=generator)) < 0.5 else float(torch.rand(1, generator=generator))
         batch["blurry"][i] = (confidence * sharp + (1 - confidence) * blurry).to(batch["blurry"].dtype)
