@@ -14,8 +14,8 @@ places. This script runs the real estimator once per photo and caches the result
 
 Sources: simulated blur on random crops of sharp photos (half camera shake, half the default BPP mix), frame
 averages from a clip (k odd in 5-13, the last --holdout frames never used), and real blurry/sharp pairs. Existing
-outputs are skipped (a stopped run resumes); unreadable inputs are reported and skipped. `estimates.jsonl` records
-each photo's confidence and kernel length. Run several shards (`--shard i/n`) in parallel.
+outputs are skipped (a stopped run resumes); unreadable inputs are reported and skipped. `estimates-<shard>.jsonl`
+records each photo's confidence and kernel length. Run several shards (`--shard i/n`) in parallel.
 """
 from __future__ import annotations
 
@@ -99,27 +99,25 @@ def main(argv=None):
     (output / "blur").mkdir(parents=True, exist_ok=True)
     (output / "sharp").mkdir(parents=True, exist_ok=True)
     blind = BlindDeconvolution.from_pretrained(str(Path(args.model) / "blind_deconvolution")).eval()
-    log = open(output / f"estimates-{shard}.jsonl", "a")
     todo = jobs(args)[shard::shards]
-    for n, (name, make) in enumerate(todo):
-        if (output / "blur" / f"{name}.png").exists() and (output / "sharp" / f"{name}.png").exists():
-            continue
-        try:
-            blurry, sharp = make()
-        except (ImageReadError, OSError) as err:
-            print(f"skipped {name}: {err}", flush=True)
-            continue
-        with torch.no_grad():
-            est = blind(blurry[None].float())
-        kernel = est.kernels[0]
-        # written sharp first, blur last: a photo counts as done only when both exist
-        to_pil(sharp).save(output / "sharp" / f"{name}.png")
-        to_pil(est.image[0].clamp(0, 1)).save(output / "blur" / f"{name}.png")
-        record = {"name": name, "confidence": float(est.confidence[0]), "length": float(est.motion[0, 2]),
-                  "kernel_peak": float(kernel.max())}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        print(f"[{n + 1}/{len(todo)}] {name} confidence {record['confidence']:.2f}", flush=True)
+    with open(output / f"estimates-{shard}.jsonl", "a") as log:
+        for n, (name, make) in enumerate(todo):
+            if (output / "blur" / f"{name}.png").exists() and (output / "sharp" / f"{name}.png").exists():
+                continue
+            try:
+                blurry, sharp = make()
+            except (ImageReadError, OSError) as err:
+                print(f"skipped {name}: {err}", flush=True)
+                continue
+            with torch.no_grad():
+                est = blind(blurry[None].float())
+            # written sharp first, blur last: a photo counts as done only when both exist
+            to_pil(sharp).save(output / "sharp" / f"{name}.png")
+            to_pil(est.image[0].clamp(0, 1)).save(output / "blur" / f"{name}.png")
+            record = {"name": name, "confidence": float(est.confidence[0]), "length": float(est.motion[0, 2])}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(f"[{n + 1}/{len(todo)}] {name} confidence {record['confidence']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
