@@ -78,7 +78,8 @@ def test_training_with_deconvolved_inputs_runs_and_validates_with_the_deconvolut
 
 def test_make_deconvolved_pairs_caches_the_estimators_output_as_a_paired_folder(tmp_path):
     """train/make_deconvolved_pairs.py: simulated photos, frame averages and real pairs, each deconvolved by the
-    shipped BlindDeconvolution, written as blur/ + sharp/ that PairedFolderDataset reads; a rerun makes nothing new."""
+    shipped BlindDeconvolution, written as blur/ + sharp/ that PairedFolderDataset reads; an unreadable pair is reported
+    and skipped; a rerun makes nothing new."""
     from glow.data import PairedFolderDataset
 
     rng = np.random.default_rng(0)
@@ -93,6 +94,8 @@ def test_make_deconvolved_pairs_caches_the_estimators_output_as_a_paired_folder(
         Image.fromarray(np.roll(scene, i, axis=1)).save(clip / f"{i:03d}.png")
     Image.fromarray(scene).save(pairs / "sharp" / "a.png")
     Image.fromarray(np.roll(scene, 2, axis=1)).save(pairs / "blur" / "a.png")
+    for side in ("blur", "sharp"):  # a truncated download
+        (pairs / side / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "train" / "make_deconvolved_pairs.py"),
            "--model", str(ROOT / "glow" / "default_model"),
@@ -102,6 +105,7 @@ def test_make_deconvolved_pairs_caches_the_estimators_output_as_a_paired_folder(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "skipped pair_pairs_b" in run.stdout
     names = sorted(p.name for p in (out / "blur").iterdir())
     assert names == sorted(p.name for p in (out / "sharp").iterdir())
     assert len(names) == 5 and sum(n.startswith("frames_") for n in names) == 2 and "pair_pairs_a.png" in names
@@ -113,5 +117,6 @@ def test_make_deconvolved_pairs_caches_the_estimators_output_as_a_paired_folder(
     dataset = PairedFolderDataset(out, resolution=64)
     assert dataset.layout == "folders" and len(dataset) == 5 and dataset[0]["blurry"].shape == (3, 64, 64)
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert rerun.returncode == 0 and rerun.stdout == ""  # everything exists: nothing is redone
+    # everything readable exists: nothing is redone, and the unreadable pair is reported again
+    assert rerun.returncode == 0 and rerun.stdout.splitlines() == [l for l in run.stdout.splitlines() if "skipped" in l]
     assert len(open(out / "estimates-0.jsonl").read().splitlines()) == 5

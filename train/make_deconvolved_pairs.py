@@ -82,10 +82,14 @@ def jobs(args):
             out.append((f"frames_{Path(clip).name}_{i:05d}", make))
     for root in args.pairs_data_dir:
         pairs = PairedFolderDataset(root, resolution=None, augment=False)
-        for i, (blur_path, _) in enumerate(pairs.pairs):
-            def make(pairs=pairs, i=i):
-                sample = pairs.sample(i, 0)
-                return sample["blurry"], sample["sharp"]
+        for blur_path, sharp_path in pairs.pairs:
+            # read here, not through pairs.sample: a training dataset replaces an unreadable pair by another one,
+            # which would be cached under this pair's name
+            def make(blur_path=blur_path, sharp_path=sharp_path):
+                blurry, sharp = image_to_tensor(blur_path)[:3], image_to_tensor(sharp_path)[:3]
+                if blurry.shape != sharp.shape:
+                    raise ImageReadError(f"{blur_path}: size {tuple(blurry.shape)} differs from {tuple(sharp.shape)}")
+                return blurry.float(), sharp.float()
             out.append((f"pair_{Path(root).name}_{Path(blur_path).stem}", make))
     return out
 

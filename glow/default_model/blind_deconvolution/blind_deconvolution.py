@@ -161,7 +161,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         kernel_threshold: float = 0.05,
         linear_light: bool = False,
         deconv_linear_light: bool = False,
-        deconv_weight: float = 1e-3,
+        deconv_weight: float = 5e-4,
         deconv_iterations: int = 6,
         deconv_length_scale: float = 60.0,
         min_blur_length: float = 5.0,
