@@ -144,7 +144,6 @@ def test_the_kernel_step_on_the_lag_window_is_the_same_operator():
     assert BlindDeconvolution._lag_window(gram, (40, 310), k)[1] == (40, 310)
 
 
-
 @pytest.mark.parametrize("size", [1, 3, 25, 75])
 def test_dilate_is_the_square_max_pool(size):
     """The separable dilation around clipped lights must be exactly the square max-pool it replaces."""
@@ -154,6 +153,7 @@ def test_dilate_is_the_square_max_pool(size):
     for mask in ((torch.rand(90, 130, generator=g) > 0.99).float(), torch.rand(90, 130, generator=g)):
         square = torch.nn.functional.max_pool2d(mask[None, None], size, stride=1, padding=size // 2)[0, 0]
         assert torch.equal(dilate(mask, size), square)
+
 
 def test_the_largest_search_is_sparse_for_long_blurs_only_and_must_win_clearly():
     sharp = scene(seed=3)

@@ -219,7 +219,8 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         """min_S ||k*S - B||^2 + lam ||grad S||_0 by half-quadratic splitting (beta doubling): each step thresholds
         the gradients (L0 proximal map) and solves the quadratic in the Fourier domain. Clipped pixels are not
         treated as missing data here (the kernel step leaves them out): doing so (EM, as the final deconvolution does)
-        cost two FFTs more per step and changed no measured result (docs/deconvolution.md, "Clipped lights")."""
+        cost three FFTs more per step and changed nothing beyond the search's run-to-run instability
+        (docs/deconvolution.md, "Clipped lights")."""
         cfg = self.config
         num = torch.conj(kernel_otf) * blurry_f
         den_k = kernel_otf.real**2 + kernel_otf.imag**2

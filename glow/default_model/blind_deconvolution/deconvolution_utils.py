@@ -48,6 +48,7 @@ def dilate(mask, size):
     x = F.max_pool2d(mask[None, None], (1, size), stride=1, padding=(0, half))
     return F.max_pool2d(x, (size, 1), stride=1, padding=(half, 0))[0, 0]
 
+
 # Copied from glow.data.kernels._fast_len (this file must not import glow)
 def fast_size(n):
     """Smallest 2^a 3^b 5^c >= n: FFT sizes with small prime factors are several times faster."""
