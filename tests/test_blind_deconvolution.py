@@ -155,6 +155,28 @@ def test_dilate_is_the_square_max_pool(size):
         assert torch.equal(dilate(mask, size), square)
 
 
+def test_differences_and_kernel_placement_are_the_rolled_definitions():
+    """The slice-written differences and the wrapped kernel placement must give exactly what torch.roll gives (the
+    kernel search depends on float-identical steps: docs/deconvolution.md), and grad_xt must be grad_x's adjoint."""
+    from glow.models.deconvolution_utils import grad_x, grad_xt, grad_y, grad_yt, otf2psf, psf2otf
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 37, 53, generator=g), torch.randn(2, 37, 53, generator=g)
+    assert torch.equal(grad_x(x), x - torch.roll(x, 1, dims=-1))
+    assert torch.equal(grad_y(x), x - torch.roll(x, 1, dims=-2))
+    assert torch.equal(grad_xt(x), x - torch.roll(x, -1, dims=-1))
+    assert torch.equal(grad_yt(x), x - torch.roll(x, -1, dims=-2))
+    for d, dt in ((grad_x, grad_xt), (grad_y, grad_yt)):
+        torch.testing.assert_close((d(x) * y).sum(), (x * dt(y)).sum())
+    for k in (1, 3, 15):
+        kernel = torch.rand(k, k, generator=g)
+        padded = torch.zeros(37, 53)
+        padded[:k, :k] = kernel
+        rolled = torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
+        assert torch.equal(psf2otf(kernel, (37, 53)), torch.fft.rfft2(rolled))
+        torch.testing.assert_close(otf2psf(psf2otf(kernel, (37, 53)), (37, 53), k), kernel, atol=1e-6, rtol=0)
+
+
 def test_the_largest_search_is_sparse_for_long_blurs_only_and_must_win_clearly():
     sharp = scene(seed=3)
     settings = dict(SMALL, kernel_sizes=(19, 25), long_blur_lambda=4e-3, long_blur_length=8.0)

@@ -70,16 +70,18 @@ def psf2otf(kernel, shape):
     """Centred ``[..., k, k]`` PSF -> its rfft2 over ``shape`` with the centre moved to the origin."""
     k = kernel.shape[-1]
     padded = kernel.new_zeros(kernel.shape[:-2] + tuple(shape))
-    padded[..., :k, :k] = kernel
-    padded = torch.roll(padded, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
+    # the kernel written straight into its wrapped place (what torch.roll of the padded array gives, without
+    # copying the whole array: the search calls this hundreds of times per photo)
+    index = (torch.arange(k, device=kernel.device) - k // 2) % torch.tensor(shape, device=kernel.device)[:, None]
+    padded[..., index[0][:, None], index[1][None, :]] = kernel
     return torch.fft.rfft2(padded)
 
 
 def otf2psf(otf, shape, k):
     """Inverse of ``psf2otf``: the centred ``k x k`` window of the spatial response."""
     spatial = torch.fft.irfft2(otf, s=shape)
-    spatial = torch.roll(spatial, shifts=(k // 2, k // 2), dims=(-2, -1))
-    return spatial[..., :k, :k]
+    index = (torch.arange(k, device=otf.device) - k // 2) % torch.tensor(shape, device=otf.device)[:, None]
+    return spatial[..., index[0][:, None], index[1][None, :]]
 
 
 def gradient_otfs(shape, device, dtype):
@@ -91,21 +93,35 @@ def gradient_otfs(shape, device, dtype):
     return torch.fft.rfft2(dx), torch.fft.rfft2(dy)
 
 
+# Circular forward differences and their adjoints, written by slices into one output: the same values as
+# ``x - torch.roll(x, 1)`` without the rolled copy (the kernel search runs them thousands of times per photo).
 def grad_x(x):
-    return x - torch.roll(x, 1, dims=-1)
+    out = torch.empty_like(x)
+    torch.sub(x[..., 1:], x[..., :-1], out=out[..., 1:])
+    torch.sub(x[..., :1], x[..., -1:], out=out[..., :1])
+    return out
 
 
 def grad_y(x):
-    return x - torch.roll(x, 1, dims=-2)
+    out = torch.empty_like(x)
+    torch.sub(x[..., 1:, :], x[..., :-1, :], out=out[..., 1:, :])
+    torch.sub(x[..., :1, :], x[..., -1:, :], out=out[..., :1, :])
+    return out
 
 
 def grad_xt(g):
-    """Adjoint of ``grad_x`` (circular)."""
-    return g - torch.roll(g, -1, dims=-1)
+    """Adjoint of ``grad_x`` (circular): ``g - roll(g, -1)``."""
+    out = torch.empty_like(g)
+    torch.sub(g[..., :-1], g[..., 1:], out=out[..., :-1])
+    torch.sub(g[..., -1:], g[..., :1], out=out[..., -1:])
+    return out
 
 
 def grad_yt(g):
-    return g - torch.roll(g, -1, dims=-2)
+    out = torch.empty_like(g)
+    torch.sub(g[..., :-1, :], g[..., 1:, :], out=out[..., :-1, :])
+    torch.sub(g[..., -1:, :], g[..., :1, :], out=out[..., -1:, :])
+    return out
 
 
 def noise_sigma(lum):
