@@ -54,6 +54,7 @@ DEFAULT_STEPS = 1
 DEFAULT_FIDELITY = 0.0
 DEFAULT_SEED = 0
 DEFAULT_DECONVOLVE = True
+DEFAULT_NETWORKS = True
 
 
 def load_pipeline():
@@ -92,7 +93,7 @@ def get_pipeline():
 # ---------------------------------------------------------------------------------------------------------------
 @spaces.GPU(duration=60)
 def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int, tile_overlap: int,
-                 guidance_scale: float, deconvolve: bool = True, progress=gr.Progress()):
+                 guidance_scale: float, deconvolve: bool = True, networks: bool = True, progress=gr.Progress()):
     """Deblur one RGB image (PIL, or float HxWx3 for 16-bit files). Returns (deblurred PIL, motion field
     [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles used, tile size used, seconds in the model)."""
     pipe = get_pipeline()
@@ -116,6 +117,7 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
         fidelity=fidelity,
         guidance_scale=guidance_scale,
         deconvolve=deconvolve,
+        networks=networks,
         generator=torch.Generator().manual_seed(seed),
         tile_size=tile_size,
         tile_overlap=tile_overlap,
@@ -258,13 +260,13 @@ def save_png(image: Image.Image, name: str) -> str:
 # The event handler (also the /deblur API)
 # ---------------------------------------------------------------------------------------------------------------
 def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve=True,
-           progress=gr.Progress()):
+           networks=True, progress=gr.Progress()):
     """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report).
 
     Every failure reaches the page as a gr.Error with a readable message, never a stack trace (the log keeps it)."""
     try:
         return _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve,
-                       progress)
+                       networks, progress)
     except gr.Error:
         raise
     except (MemoryError, torch.OutOfMemoryError):
@@ -276,8 +278,13 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
         raise gr.Error(f"Deblurring failed: {type(e).__name__}: {str(e)[:300]}", title="Deblurring failed") from None
 
 
-def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve, progress):
+def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve, networks,
+            progress):
     started = time.perf_counter()
+    deconvolve, networks = deconvolve is not False, networks is not False
+    if not deconvolve and not networks:
+        raise gr.Error("With both the blur-kernel removal and the networks switched off there is nothing to do: tick "
+                       "at least one of them.", title="Nothing to do")
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
         fidelity, steps, seed, tile_size, tile_overlap, guidance_scale)
@@ -293,7 +300,7 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
     progress(0.05, desc="Estimating motion and deblurring")
     restored, motion, prerecon, tiles, tile_size, model_s, kernel, confidence = run_pipeline(
         rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
-        guidance_scale, deconvolve is not False, progress)
+        guidance_scale, deconvolve, networks, progress)
 
     progress(0.95, desc="Saving")
     if tiles > 1:
@@ -311,9 +318,10 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
     after = _preview(restored)
     overlay = draw_motion_field(before, motion, source_size=rgb.size, kernel=kernel)
     before_shown = display_path or before  # the upload itself when browsers can show it: no re-encoding
-    report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
-              f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
-              f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''} — "
+    settings = (f"{steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
+                f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
+                f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''}")
+    report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {settings if networks else 'deconvolution only'} — "
               f"done in {time.perf_counter() - started:.1f} s on {DEVICE} (model {model_s:.1f} s).",
               f"Estimated motion: {describe_motion_field(motion)}."]
     if kernel is not None and confidence is not None and confidence < 1:
@@ -377,6 +385,9 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
             deconvolve = gr.Checkbox(value=DEFAULT_DECONVOLVE, label="Estimate and remove this photo's blur kernel",
                                      info="Best on camera shake; adds about 5 s. Off: the networks alone (faster; "
                                           "they only denoise and clean up).")
+            networks = gr.Checkbox(value=DEFAULT_NETWORKS, label="Clean up with the networks",
+                                   info="They remove noise, JPEG blocks and ringing, but soften fine detail: "
+                                        "off for a photo that is nearly sharp (the deconvolution alone).")
             run = gr.Button("Deblur", variant="primary", elem_id="deblur-btn")
         with gr.Column(scale=2, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="before-after", max_height=640)
@@ -397,7 +408,8 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
 
     run.click(
         deblur,
-        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve],
+        inputs=[input_image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve,
+                networks],
         outputs=[slider, motion_view, prerecon_view, download, report],
         api_name="deblur",
         # Raw input payloads: the upload reaches glow.io.load_image untouched (Gradio's own decoding would turn a

@@ -28,7 +28,8 @@ def _load(model):
 
 
 def _call_kwargs(args):
-    kw = dict(num_inference_steps=args.steps, fidelity=args.fidelity, guidance_scale=args.guidance_scale)
+    kw = dict(num_inference_steps=args.steps, fidelity=args.fidelity, guidance_scale=args.guidance_scale,
+              networks=not args.no_networks)
     if args.tile_size is not None:
         kw["tile_size"] = None if args.tile_size == 0 else args.tile_size
     if args.tile_overlap is not None:
@@ -146,6 +147,8 @@ def main():
                         help="clipped lights per MP (5x5 px, 10x white, before the blur): 40 clip ~0.46%% of the "
                              "pixels, like the GoPro frame in ../shared/data/real_blurry; clipped pixels take their own "
                              "path in the kernel search and the deconvolution (docs/deconvolution.md)")
+    parser.add_argument("--no-networks", action="store_true",
+                        help="the deconvolution alone (networks=False: no pre-reconstruction, no diffusion)")
     parser.add_argument("--skip-components", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,12 +171,13 @@ def main():
           f"streak {args.streak} px, {args.lights} clipped lights per MP")
     print(f"settings: steps={args.steps} fidelity={args.fidelity} guidance_scale={args.guidance_scale} "
           f"tile_size={args.tile_size if args.tile_size is not None else defaults['tile_size']} "
-          f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}")
+          f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}"
+          f"{' networks=False' if args.no_networks else ''}")
     for mp in args.megapixels:
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--megapixels", str(mp),
                "--steps", str(args.steps), "--fidelity", str(args.fidelity), "--guidance-scale", str(args.guidance_scale),
                "--threads", str(args.threads), "--streak", str(args.streak),
-               "--lights", str(int(args.lights * mp))]
+               "--lights", str(int(args.lights * mp))] + (["--no-networks"] if args.no_networks else [])
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]
         if args.tile_overlap is not None:

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Tile size in px (multiple of 64); 0 = the whole image at once.")
     p.add_argument("--no-deconvolve", dest="deconvolve", action="store_false",
                    help="Skip the per-photo blur estimation and deconvolution (networks only).")
+    p.add_argument("--no-networks", "--deconvolution-only", dest="networks", action="store_false",
+                   help="Return the per-photo deconvolution alone, without the networks: never softens sharp "
+                        "photos and is faster, but leaves noise and ringing (docs/deconvolution.md).")
     p.add_argument("--save-kernel", "--save_kernel", dest="save_kernel", action="store_true",
                    help="Also write the estimated blur kernel as <name>_kernel.png beside each output.")
     p.add_argument("--save-motion", "--save_motion", dest="save_motion", action="store_true",
@@ -173,7 +176,8 @@ def deblur_file(pipe, src: Path, dst: Path, args, tile_progress=None) -> dict:
     exif, icc = _metadata(src)
     output = pipe(array, prompt=args.prompt, num_inference_steps=args.steps, fidelity=args.fidelity,
                   generator=torch.Generator().manual_seed(args.seed), tile_size=args.tile_size or None,
-                  deconvolve=args.deconvolve, output_type="np", callback_on_tile_end=tile_progress)
+                  deconvolve=args.deconvolve, networks=args.networks, output_type="np",
+                  callback_on_tile_end=tile_progress)
     fmt = _SAME_FORMAT.get(dst.suffix.lower(), "PNG")
     restored = _to_pil(output.images[0])
     _save_atomic(restored, dst, fmt, exif, icc)
@@ -192,13 +196,17 @@ def deblur_file(pipe, src: Path, dst: Path, args, tile_progress=None) -> dict:
             "blur_confidence": None if confidence is None else round(float(confidence), 4),
             "peak_rss_mb": _peak_rss_mb(),
             "settings": {k: getattr(args, k) for k in ("fidelity", "steps", "seed", "prompt", "tile_size",
-                                                       "deconvolve")}}
+                                                       "deconvolve", "networks")}}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not 1 <= args.steps <= 4:
         print("error: --steps must be between 1 and 4", file=sys.stderr)
+        return 2
+    if not args.networks and not args.deconvolve:
+        print("error: --no-networks returns the deconvolution alone; it cannot be combined with --no-deconvolve",
+              file=sys.stderr)
         return 2
     if args.tile_size and args.tile_size % 64:
         print(f"error: --tile-size must be a multiple of 64 (got {args.tile_size})", file=sys.stderr)

@@ -117,13 +117,13 @@ def _blurry(width=96, height=72, seed=0) -> Image.Image:
 
 
 def _deblur(client, path, prompt="", fidelity=0.5, steps=1, seed=0, tile_size=0, tile_overlap=64, guidance_scale=1.0,
-            deconvolve=True):
+            deconvolve=True, networks=True):
     from gradio_client import handle_file
 
     image = handle_file(str(path)) if path is not None else None
     return client.predict(image=image, prompt=prompt, fidelity=fidelity, steps=steps, seed=seed, tile_size=tile_size,
                           tile_overlap=tile_overlap, guidance_scale=guidance_scale, deconvolve=deconvolve,
-                          api_name="/deblur")
+                          networks=networks, api_name="/deblur")
 
 
 def _check_good(client, tmp_path, size=(80, 64)):
@@ -164,6 +164,7 @@ def test_ui_defaults_match_the_pipeline(client):
     assert params["fidelity"]["parameter_default"] == defaults["fidelity"].default
     assert params["guidance_scale"]["parameter_default"] == defaults["guidance_scale"].default
     assert params["deconvolve"]["parameter_default"] == defaults["deconvolve"].default
+    assert params["networks"]["parameter_default"] == defaults["networks"].default
     assert not params["image"]["parameter_has_default"]
     assert all(p["parameter_has_default"] for name, p in params.items() if name != "image")
 
@@ -188,6 +189,22 @@ def test_deconvolve_switch_reaches_the_pipeline(client, tmp_path):
     h = a.shape[0]
     corner = (slice(h - h // 5 - 8, h), slice(0, h // 5 + 8))
     assert np.abs(a[corner] - b[corner]).max() > 0  # the kernel inset
+
+
+def test_networks_switch_returns_the_deconvolution_alone(client, tmp_path):
+    """Unticking the networks returns the deconvolution alone: a different picture from the default run, and the
+    report says so; with both switches off the page gets a readable error and the app stays up."""
+    from gradio_client.exceptions import AppError
+
+    src = tmp_path / "streaks.png"
+    _blurry(256, 192, seed=3).save(src)
+    _, _, _, png_on, _ = _deblur(client, src)
+    _, _, _, png_off, report = _deblur(client, src, networks=False)
+    on, off = (np.asarray(Image.open(p).convert("RGB"), np.float32) for p in (png_on, png_off))
+    assert np.abs(on - off).max() > 0 and "deconvolution only" in report and "step(s)" not in report
+    with pytest.raises(AppError, match="nothing to do"):
+        _deblur(client, src, deconvolve=False, networks=False)
+    _check_good(client, tmp_path)
 
 
 def test_fidelity_one_returns_the_prereconstruction(client, tmp_path):

@@ -97,6 +97,10 @@ def test_defocus_disk_is_found_and_deconvolved(radius):
     assert confidence > 0.9
     assert psnr(bd(blurry[None]).image[0], sharp) > psnr(blurry, sharp) + 3.0  # measured +4.0 / +4.2 dB
     assert BlindDeconvolution(**SMALL, defocus_radii=None).estimate_kernel(blurry)[1] == 0.0  # the search is off
+    # searched only up to the true radius, the best fit sits at the end of the range: the edge of the search, no
+    # evidence of a disk (sharp photos' fits pile up there), so it is not applied
+    _, edge_confidence, edge_info = BlindDeconvolution(**SMALL, defocus_radii=(1.5, radius)).estimate_kernel(blurry)
+    assert edge_info["defocus_radius"] >= radius - 1.0 and not edge_info.get("defocus") and edge_confidence == 0.0
 
 
 def test_motion_blur_is_not_taken_for_defocus():
@@ -325,6 +329,29 @@ def test_pipeline_motion_map_of_a_horizontal_blur_is_horizontal():
     assert abs(float(length.mean()) - 15.0) < 3.0
     off = pipe(blurry, output_type="pt", deconvolve=False, generator=torch.Generator().manual_seed(0))
     assert off.kernels is None
+
+
+def test_pipeline_without_networks_returns_the_deconvolution_alone():
+    """networks=False: the output is the component's own deconvolution (not the networks' result), with its kernel
+    as the motion map; a sharp photo comes out as it went in; with deconvolve=False too there is nothing to do."""
+    pipe = build_pipeline("tiny")
+    pipe.blind_deconvolution = BlindDeconvolution(**SMALL)
+    torch.nn.init.normal_(pipe.prereconstruction.ending.weight, std=0.05)  # networks that visibly change a photo
+    blurry = blur(scene(seed=4), centre_crop(linear_kernel(15.0, 0.0), 25))
+    alone = pipe(blurry, output_type="pt", networks=False)
+    expected = pipe.blind_deconvolution(blurry[None])
+    torch.testing.assert_close(alone.images[0], expected.image[0].clamp(0, 1), atol=1 / 255, rtol=0)
+    torch.testing.assert_close(alone.kernels[0], expected.kernels[0])
+    torch.testing.assert_close(alone.prereconstructions[0], alone.images[0])
+    theta, _, length = motion_to_polar(alone.motion_fields[0], dim=0)
+    assert abs(float(length.mean()) - 15.0) < 3.0 and float(torch.minimum(theta, math.pi - theta).max()) < 0.2
+    with_networks = pipe(blurry, output_type="pt", generator=torch.Generator().manual_seed(0)).images[0]
+    assert float((with_networks - alone.images[0]).abs().max()) > 0.05
+    sharp = scene(seed=5)
+    out = pipe(sharp, output_type="pt", networks=False)
+    assert out.blur_confidences[0] == 0.0 and float((out.images[0] - sharp).abs().max()) <= 1 / 255
+    with pytest.raises(ValueError, match="nothing to do"):
+        pipe(blurry, networks=False, deconvolve=False)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "tiny", "huge"])

@@ -141,3 +141,24 @@ def test_bad_inputs_each_get_a_line_and_the_rest_is_deblurred(tmp_path, tiny_mod
     assert (out / "ok.png").read_bytes() == before
     assert Image.open(out / "one_pixel.png").size == (1, 1) and Image.open(out / "cmyk.png").mode == "RGB"
     assert Image.open(out / "gray16.png").mode == "L" and Image.open(out / "animated.png").size == (80, 60)
+
+
+def test_no_networks_writes_the_deconvolution_alone(tmp_path, tiny_model):
+    """--no-networks: the same photo as the component alone gives, recorded in the report; refused together with
+    --no-deconvolve (nothing would be left to do)."""
+    import torch
+
+    from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+
+    src, out = tmp_path / "p.png", tmp_path / "out"
+    Image.fromarray(_photo(7, 72, 96)).save(src)
+    proc = glow_deblur([src, "-o", out, "--no-networks", "--report", out / "r.jsonl"], tiny_model)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "r.jsonl").read_text())
+    assert record["settings"]["networks"] is False
+    pipe = GLOWDeblurPipeline.from_pretrained(tiny_model)
+    photo = torch.from_numpy(np.asarray(Image.open(src), np.float32) / 255).permute(2, 0, 1)
+    expected = pipe.blind_deconvolution(photo[None]).image[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255
+    assert np.abs(np.asarray(Image.open(out / "p.png"), np.float32) - expected).max() <= 1.0
+    refused = glow_deblur([src, "-o", tmp_path / "o2", "--no-networks", "--no-deconvolve"], tiny_model)
+    assert refused.returncode == 2 and "--no-deconvolve" in refused.stderr

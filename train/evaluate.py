@@ -35,7 +35,7 @@ Rows (--ablations all|none|comma list; "input" and "full" are always included):
                  "no blur") and the Wiener branch receives the blurry input unchanged instead of its deconvolution.
                  The pipeline has no switch for this, so evaluate.py patches the two component calls for this row.
   no_deconv      the networks on the blurry photo, without the per-photo blind deconvolution (deconvolve=False)
-  deconv_only    the blind deconvolution component alone (pipe.blind_deconvolution), no networks
+  deconv_only    the blind deconvolution alone, no networks (networks=False)
   semantic       with semantic guidance: a degradation prompt instead of the default empty prompt (the prompt
                  dropout mode of training). The prompt is the source's own description when it has one (synthetic:
                  the simulator's description of the blur it applied — an oracle; frames: the dataset's text), else
@@ -297,8 +297,6 @@ def without_motion_guidance(pipe):
 def call_kwargs(overrides: dict, sample: Sample, args) -> dict:
     kwargs = dict(overrides)
     kwargs.pop("motion_guidance", None)
-    if kwargs.pop("networks", True) is False:
-        kwargs["networks"] = False  # run_pipeline calls the blind deconvolution component alone
     if kwargs.get("prompt") is SOURCE_PROMPT:
         kwargs["prompt"] = sample.text or args.prompt
     return kwargs
@@ -306,10 +304,8 @@ def call_kwargs(overrides: dict, sample: Sample, args) -> dict:
 
 def run_pipeline(pipe, blurry: torch.Tensor, kwargs: dict, motion_guidance: bool, seed: int) -> torch.Tensor:
     """One pipeline call on one image -> `[3, H, W]` float in [0, 1]."""
-    if kwargs.get("networks") is False:
-        if pipe.blind_deconvolution is None:
-            return blurry.float().clamp(0, 1)
-        return pipe.blind_deconvolution(blurry[None].float()).image[0].clamp(0, 1)
+    if kwargs.get("networks") is False and pipe.blind_deconvolution is None:  # nothing but the networks to switch off
+        return blurry.float().clamp(0, 1)
     generator = torch.Generator().manual_seed(seed)
     with without_motion_guidance(pipe) if not motion_guidance else contextlib.nullcontext():
         output = pipe(blurry, generator=generator, output_type="pt", **kwargs)

@@ -316,6 +316,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         prompt_embeds=None,
         prompt_attention_mask=None,
         deconvolve: bool = True,
+        networks: bool = True,
     ):
         r"""Deblur ``image``.
 
@@ -350,6 +351,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             deconvolve: with a ``blind_deconvolution`` component, estimate each photo's blur kernel and deconvolve
                 the photo with it before the networks (faded out when the photo shows no reliable blur). ``False``
                 runs the networks on the photo as it is.
+            networks: ``False`` returns the blind deconvolution alone: no pre-reconstruction, no diffusion (needs
+                ``deconvolve`` and the component). Measured (docs/deconvolution.md, "Deconvolution only"): it never
+                softens a sharp photo (the networks do) and is as good on plain camera shake, but it leaves noise, JPEG
+                blocks and ringing that the networks remove. ``prereconstructions`` then hold the same images.
 
         Returns:
             ``GLOWDeblurPipelineOutput`` or the tuple (images, motion_fields, prereconstructions, kernels,
@@ -361,8 +366,11 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                           output_type, generator, prompt_embeds, callback_on_step_end_tensor_inputs)
         self._guidance_scale = float(guidance_scale)
         device, dtype = self._execution_device, self.transformer.dtype
-        denoise = float(fidelity) < 1.0
         blind = deconvolve and self.blind_deconvolution is not None
+        if not networks and not blind:
+            raise ValueError("networks=False returns the blind deconvolution alone, so it needs deconvolve=True and a "
+                             "blind_deconvolution component; with neither there is nothing to do")
+        denoise = networks and float(fidelity) < 1.0
 
         # 2. encode the prompts (not at fidelity 1, which never runs the transformer)
         texts = [None] * len(images)
@@ -381,7 +389,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             tile_overlap = PAD_MULTIPLE * math.ceil(int(tile_overlap) / PAD_MULTIPLE)
             tile_overlap = min(tile_overlap, int(tile_size) - PAD_MULTIPLE)
         grids = [tile_grid(padded_length(info.height), padded_length(info.width), tile_size, tile_overlap, device)
-                 for _, info in images]
+                 if networks else [] for _, info in images]
         self._tile_progress = [0, sum(len(tiles) for tiles in grids) * (1 + len(timesteps)), callback_on_tile_end]
 
         output = GLOWDeblurPipelineOutput([], [], [], [] if blind else None, [] if blind else None)
@@ -398,9 +406,14 @@ class GLOWDeblurPipeline(DiffusionPipeline):
 
                 # 6. pad (reflect), then the motion estimate and pre-reconstruction tile by tile
                 h, w = info.height, info.width
-                x = pad_reflect(rgb[None].to(device=device, dtype=dtype), padded_length(h) - h, padded_length(w) - w)
-                prereconstruction, motion, conditions = self.prereconstruct(x, grids[index], report_tile)
-                del rgb, x  # photo-sized; the tiles' conditions are all the steps need (12 MP: 288 MB less)
+                if networks:
+                    x = pad_reflect(rgb[None].to(device=device, dtype=dtype), padded_length(h) - h,
+                                    padded_length(w) - w)
+                    prereconstruction, motion, conditions = self.prereconstruct(x, grids[index], report_tile)
+                    del rgb, x  # photo-sized; the tiles' conditions are all the steps need (12 MP: 288 MB less)
+                else:  # the deconvolution is the result; its kernel gives the motion field below
+                    prereconstruction = rgb[None].to(device=device, dtype=torch.float32)
+                    motion = prereconstruction.new_zeros(1, 3, -(-h // LATENT_DOWNSCALE), -(-w // LATENT_DOWNSCALE))
 
                 residual = None
                 if denoise:
