@@ -5,11 +5,10 @@
         --out docs/real_photos.png
 
 Each row: the blurry crop, the networks alone (`deconvolve=False`, the pipeline before blind deconvolution), the full
-pipeline at each of `--steps` (default: its 1-step default), and the blur kernel estimated for the photo (with the
-share of its deconvolution that was applied), with scikit-image's no-reference `blur_effect` of each crop (lower =
-sharper). The crop is the `--crop` px window with the
-most gradient energy in the blurry photo (deterministic, chosen before deblurring), so the figure shows detail,
-not sky. The whole photo is deblurred (tiles and all), then cropped.
+pipeline at each of `--steps` (default: its 1-step default), the deconvolution alone (`networks=False`), and the blur
+kernel estimated for the photo (with the share of its deconvolution that was applied), with scikit-image's
+no-reference `blur_effect` of each crop (lower = sharper). The crop is the `--crop` px window with the most gradient
+energy in the blurry photo (deterministic, chosen before deblurring), so the figure shows detail, not sky. The whole photo is deblurred (tiles and all), then cropped.
 """
 import argparse
 import sys
@@ -79,6 +78,8 @@ def main(argv=None) -> int:
         for steps in (int(s) for s in args.steps.split(",")):
             out = pipe(blurry, num_inference_steps=steps, generator=torch.Generator().manual_seed(args.seed))
             columns.append((f"GLOWDeblur {steps} step{'s' if steps > 1 else ''}", out.images[0]))
+        if pipe.blind_deconvolution is not None:
+            columns.append(("deconvolution only", pipe(blurry, networks=False).images[0]))
         tiles = []
         for name, image in columns:
             crop = image.crop(box)

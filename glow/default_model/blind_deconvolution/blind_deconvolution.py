@@ -419,7 +419,9 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         over a noise/JPEG floor; the best fit gives the radius. The evidence is the first ring of zeros itself:
         ``defocus_dip``: how much deeper the power is at the first zero than both at the first side lobe and just
         before the zero, beyond the smooth curve (natural log units). Measured on JPEG q90 photos: <= 0.68 on 43 sharp
-        ones (Kodak24, Set5, Set14), 1.46-3.4 on simulated defocus, 1.62 on the real defocused text; a disk can also
+        ones (Kodak24, Set5, Set14) on the square region; on the longer one <= 0.49, but for Set14 img_001's 0.94 at
+        the end of the radii searched (no longer trusted, see ``estimate_kernel``); 1.46-3.4 on simulated defocus,
+        1.82 on the real defocused text; a disk can also
         fit the knee of a sharp photo's smooth spectrum, so the fit alone is no evidence. -> (radius in px,
         defocus_dip)."""
         first, last = self.config.defocus_radii
