@@ -311,6 +311,28 @@ def test_eval_kernels_defocus_kind_draws_disks(tiny_pipeline_dir, tmp_path):
     assert row["true_kernel"] > row["input"] and math.isfinite(row["estimated"])
 
 
+def test_eval_kernels_linear_kind_with_lights_and_jpeg(tiny_pipeline_dir, tmp_path):
+    # --kind linear draws a straight streak of a length in --extent; --lights clips highlights (the reference is the
+    # sharp photo clipped, so lights cost the input PSNR); --jpeg compresses the blurry photo
+    sharp = tmp_path / "sharp"
+    sharp.mkdir()
+    Image.fromarray(_smooth_image(8, (96, 112))).save(sharp / "a.png")
+    rows = {}
+    for name, extra in (("plain", []), ("lights", ["--lights", "2000"]), ("jpeg", ["--jpeg", "20"])):
+        out = tmp_path / name
+        command = [sys.executable, str(ROOT / "train" / "eval_kernels.py"), "--model", str(tiny_pipeline_dir),
+                   "--synthetic", str(sharp), "--kind", "linear", "--extent", "9,10", "--no_networks", "--threads",
+                   "1", "--output_dir", str(out)] + extra
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (rows[name],) = json.loads((out / "results.json").read_text())["rows"]
+    assert 9 <= rows["plain"]["extent"] <= 10 and abs(rows["plain"]["true_length"] - rows["plain"]["extent"]) < 1.5
+    assert rows["lights"]["true_length"] == rows["plain"]["true_length"]  # the same draws, lights added after
+    assert rows["lights"]["input"] < rows["plain"]["input"] - 1 and rows["jpeg"]["input"] < rows["plain"]["input"]
+    assert rows["plain"]["true_kernel"] > rows["plain"]["input"] + 2  # measured +4.0 dB
+    assert all(math.isfinite(r[k]) for r in rows.values() for k in ("estimated", "ungated", "true_kernel"))
+
+
 def test_eval_kernels_refuses_a_blind_config_key_the_model_lacks(tiny_pipeline_dir, tmp_path):
     # diffusers' from_config keeps unknown keys unused: a typo (or a setting newer than the model folder's code) would
     # otherwise be measured as if it were applied

@@ -5,9 +5,10 @@
         --no_reference ../shared/data/real_blurry --output_dir results/kernels
 
 Synthetic: every image (full size) is blurred with one of the engine's camera-shake kernels
-(`glow.data.kernels.camera_shake_kernel`, extent drawn uniformly in --extent, seed `--seed + i`), or with
-`--kind defocus` a disk (`glow.data.kernels.defocus_kernel`, radius drawn uniformly in --radius), plus Gaussian noise
-of --noise and 8-bit quantisation. Rows per image (PSNR, uint8 RGB, no crop, `glow.metrics.psnr`):
+(`glow.data.kernels.camera_shake_kernel`, extent drawn uniformly in --extent, seed `--seed + i`), with `--kind linear`
+a straight streak (`glow.data.kernels.linear_kernel`, length drawn in --extent, any direction), or with `--kind
+defocus` a disk (`glow.data.kernels.defocus_kernel`, radius drawn uniformly in --radius), plus Gaussian noise of
+--noise and 8-bit quantisation; optionally saturated highlights (--lights) and JPEG (--jpeg). Rows per image (PSNR, uint8 RGB, no crop, `glow.metrics.psnr`):
   input        the blurry image
   estimated    BlindDeconvolution alone (its forward, as the pipeline calls it): estimated kernel, its non-blind
                deconvolution, faded where the confidence is low
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import glow  # noqa: E402
 import glow.data.motion  # noqa: E402
-from glow.data.kernels import camera_shake_kernel, convolve, defocus_kernel  # noqa: E402
+from glow.data.kernels import camera_shake_kernel, convolve, defocus_kernel, linear_kernel  # noqa: E402
 from glow.data.datasets import list_images  # noqa: E402
 from glow.io import image_to_tensor  # noqa: E402
 from glow.metrics import blur_effect, psnr  # noqa: E402
@@ -52,10 +54,16 @@ def parse_args(argv=None):
     p.add_argument("--synthetic", default=None, help="folder of sharp images")
     p.add_argument("--no_reference", default=None, help="folder of real blurry photos")
     p.add_argument("--sharp", default=None, help="folder of sharp photos (should come back unchanged)")
-    p.add_argument("--kind", choices=["camera_shake", "defocus"], default="camera_shake", help="synthetic blur kind")
-    p.add_argument("--extent", default="15,45", help="camera-shake extent range in px (min,max)")
+    p.add_argument("--kind", choices=["camera_shake", "linear", "defocus"], default="camera_shake",
+                   help="synthetic blur kind")
+    p.add_argument("--extent", default="15,45",
+                   help="camera-shake extent, or --kind linear streak length, range in px (min,max)")
     p.add_argument("--radius", default="2,12", help="defocus disk radius range in px (min,max), --kind defocus")
     p.add_argument("--noise", type=float, default=0.01)
+    p.add_argument("--jpeg", type=int, default=0, help="JPEG quality of the blurry image (0 = no JPEG)")
+    p.add_argument("--lights", type=float, default=0.0,
+                   help="clipped lights per MP: 5x5 px squares 10x brighter than white in the sharp photo before the "
+                        "blur, so the blurry one has saturated highlights (the reference is the sharp photo clipped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_images", type=int, default=0)
     p.add_argument("--no_networks", action="store_true", help="skip the pipeline/networks rows (kernel rows only)")
@@ -71,8 +79,20 @@ def run_pipe(pipe, image, deconvolve):
     return out.images[0], out
 
 
+def jpeg(image, quality):
+    """``[3,H,W]`` in [0, 1] through a Pillow JPEG of ``quality`` (4:2:0, as cameras save)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "JPEG",
+                                                                                        quality=quality)
+    return image_to_tensor(Image.open(buffer)).float()
+
+
 def synthetic_rows(pipe, args):
-    lo, hi = (float(v) for v in (args.extent if args.kind == "camera_shake" else args.radius).split(","))
+    lo, hi = (float(v) for v in (args.radius if args.kind == "defocus" else args.extent).split(","))
     files = list_images(args.synthetic)
     files = files[: args.max_images] if args.max_images else files
     bd = pipe.blind_deconvolution
@@ -80,10 +100,25 @@ def synthetic_rows(pipe, args):
     for i, path in enumerate(files):
         rng = np.random.default_rng(args.seed + i)
         sharp = image_to_tensor(path).float().clamp(0, 1)
-        extent = float(rng.uniform(lo, hi))  # the shake's extent or the disk's radius
-        kernel = camera_shake_kernel(rng, extent=extent)[0] if args.kind == "camera_shake" else defocus_kernel(extent)
+        extent = float(rng.uniform(lo, hi))  # the shake's extent, the streak's length or the disk's radius
+        if args.kind == "camera_shake":
+            kernel = camera_shake_kernel(rng, extent=extent)[0]
+        elif args.kind == "linear":
+            kernel = linear_kernel(extent, float(rng.uniform(0, math.pi)))
+        else:
+            kernel = defocus_kernel(extent)
         noise = torch.from_numpy(rng.standard_normal(sharp.shape)).float() * args.noise
-        blurry = torch.round((convolve(sharp, kernel) + noise).clamp(0, 1) * 255) / 255
+        scene = sharp
+        if args.lights:  # drawn after the noise, so the other options see the same draws with or without lights
+            scene = sharp.clone()
+            h, w = sharp.shape[-2:]
+            for y, x in zip(rng.integers(0, h - 5, int(args.lights * h * w / 1e6)),
+                            rng.integers(0, w - 5, int(args.lights * h * w / 1e6))):
+                scene[:, y : y + 5, x : x + 5] = 10.0
+            sharp = scene.clamp(0, 1)
+        blurry = torch.round((convolve(scene, kernel) + noise).clamp(0, 1) * 255) / 255
+        if args.jpeg:
+            blurry = jpeg(blurry, args.jpeg)
         t0 = time.perf_counter()
         blind = bd(blurry[None])  # what the pipeline does: estimate, deconvolve, gate by confidence
         t_blind = time.perf_counter() - t0
@@ -123,22 +158,15 @@ def real_rows(pipe, args):
 
 
 def sharp_rows(pipe, args):
-    import io
-
-    from PIL import Image
-
     files = list_images(args.sharp)
     rows = []
     for path in files[: args.max_images] if args.max_images else files:
         sharp = image_to_tensor(path).float().clamp(0, 1)
-        buffer = io.BytesIO()
-        Image.fromarray((sharp.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "JPEG",
-                                                                                            quality=90)
-        jpeg = image_to_tensor(Image.open(buffer)).float()
-        out, result = run_pipe(pipe, jpeg, True)
-        row = {"image": Path(path).name, "input": psnr(jpeg, sharp),
-               "estimated": psnr(pipe.blind_deconvolution(jpeg[None]).image[0], sharp), "pipeline": psnr(out, sharp),
-               "networks": psnr(run_pipe(pipe, jpeg, False)[0], sharp),
+        compressed = jpeg(sharp, 90)
+        out, result = run_pipe(pipe, compressed, True)
+        row = {"image": Path(path).name, "input": psnr(compressed, sharp),
+               "estimated": psnr(pipe.blind_deconvolution(compressed[None]).image[0], sharp),
+               "pipeline": psnr(out, sharp), "networks": psnr(run_pipe(pipe, compressed, False)[0], sharp),
                "confidence": round(result.blur_confidences[0], 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -147,7 +175,7 @@ def sharp_rows(pipe, args):
 
 def summary(rows):
     """Mean per kernel-length bin and overall: PSNR of every row, gain, error ratio, share made worse."""
-    bins = [(0, 20), (20, 30), (30, 45), (45, 1e9)]
+    bins = [(0, 20), (20, 30), (30, 45), (45, 60), (60, 1e9)]
     keys = [k for k in ("input", "estimated", "ungated", "true_kernel", "pipeline", "networks") if k in rows[0]]
     out = []
     for lo, hi in bins + [(None, None)]:
