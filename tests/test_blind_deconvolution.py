@@ -248,6 +248,34 @@ def test_saturated_lights_do_not_derail_the_estimate():
     assert abs(math.degrees(angle - kernel_moments(true)[2])) < 10
 
 
+def test_clipped_lights_leave_no_negative_ringing():
+    """A night scene with clipped lights, deconvolved with the true kernel: the latent image is kept non-negative (the
+    default), so the dark rings around each light are gone, and the photo, most of all around the lights, comes out
+    closer to the sharp one than without the constraint (measured: 43% less squared error near the lights)."""
+    sharp = scene(seed=12) * 0.3
+    yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")
+    near = torch.zeros(192, 192, dtype=torch.bool)
+    for cx, cy in ((40, 50), (150, 120), (90, 160)):  # street lights, far above white before the camera clips
+        sharp = torch.where(((xx - cx) ** 2 + (yy - cy) ** 2 < 9)[None], torch.full_like(sharp, 10.0), sharp)
+        near |= ((xx - cx) ** 2 + (yy - cy) ** 2) < 30**2
+    true = centre_crop(camera_shake_kernel(np.random.default_rng(3), extent=18.0)[0], 25)
+    blurry = blur(sharp, true / true.sum())
+    target = sharp.clamp(0, 1)
+    kept = BlindDeconvolution(**SMALL).deconvolve(blurry, true / true.sum())
+    free = BlindDeconvolution(**SMALL, deconv_nonnegative=False).deconvolve(blurry, true / true.sum())
+    assert float(kept.min()) >= 0.0 and float(free.min()) < -0.5
+
+    def error(image, where):
+        return float(((image.clamp(0, 1) - target) ** 2).mean(0)[where].mean())
+
+    assert error(kept, near) < 0.8 * error(free, near)
+    assert error(kept, ~near) <= error(free, ~near) + 1e-4
+    # a photo without clipped pixels is deconvolved exactly as before
+    plain = blur(scene(seed=12) * 0.3, true / true.sum())
+    assert torch.equal(BlindDeconvolution(**SMALL).deconvolve(plain, true / true.sum()),
+                       BlindDeconvolution(**SMALL, deconv_nonnegative=False).deconvolve(plain, true / true.sum()))
+
+
 def test_the_search_runs_on_the_most_edge_rich_region_only():
     """Cost bounded by ``region_size``, not the photo: on a 576 px photo that is flat but for one busy corner, the
     one 192 px region searched is that corner."""
