@@ -313,19 +313,24 @@ def test_eval_kernels_defocus_kind_draws_disks(tiny_pipeline_dir, tmp_path):
 
 def test_eval_kernels_linear_kind_with_lights_and_jpeg(tiny_pipeline_dir, tmp_path):
     # --kind linear draws a straight streak of a length in --extent; --lights clips highlights (the reference is the
-    # sharp photo clipped, so lights cost the input PSNR); --jpeg compresses the blurry photo
+    # sharp photo clipped, so lights cost the input PSNR); --jpeg compresses the blurry photo. In-process (the
+    # command line itself is covered by the tests above): the script's own synthetic_rows on the tiny pipeline.
+    import importlib.util
+
+    from glow.pipeline_glowdeblur import GLOWDeblurPipeline
+
+    spec = importlib.util.spec_from_file_location("eval_kernels", ROOT / "train" / "eval_kernels.py")
+    eval_kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_kernels)
     sharp = tmp_path / "sharp"
     sharp.mkdir()
     Image.fromarray(_smooth_image(8, (96, 112))).save(sharp / "a.png")
+    pipe = GLOWDeblurPipeline.from_pretrained(tiny_pipeline_dir)
     rows = {}
     for name, extra in (("plain", []), ("lights", ["--lights", "2000"]), ("jpeg", ["--jpeg", "20"])):
-        out = tmp_path / name
-        command = [sys.executable, str(ROOT / "train" / "eval_kernels.py"), "--model", str(tiny_pipeline_dir),
-                   "--synthetic", str(sharp), "--kind", "linear", "--extent", "9,10", "--no_networks", "--threads",
-                   "1", "--output_dir", str(out)] + extra
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-        assert result.returncode == 0, result.stderr[-3000:]
-        (rows[name],) = json.loads((out / "results.json").read_text())["rows"]
+        args = eval_kernels.parse_args(["--synthetic", str(sharp), "--kind", "linear", "--extent", "9,10",
+                                        "--no_networks", "--output_dir", str(tmp_path / name)] + extra)
+        (rows[name],) = eval_kernels.synthetic_rows(pipe, args)
     assert 9 <= rows["plain"]["extent"] <= 10 and abs(rows["plain"]["true_length"] - rows["plain"]["extent"]) < 1.5
     assert rows["lights"]["true_length"] == rows["plain"]["true_length"]  # the same draws, lights added after
     assert rows["lights"]["input"] < rows["plain"]["input"] - 1 and rows["jpeg"]["input"] < rows["plain"]["input"]
