@@ -8,7 +8,8 @@ Synthetic: every image (full size) is blurred with one of the engine's camera-sh
 (`glow.data.kernels.camera_shake_kernel`, extent drawn uniformly in --extent, seed `--seed + i`), with `--kind linear`
 a straight streak (`glow.data.kernels.linear_kernel`, length drawn in --extent, any direction), or with `--kind
 defocus` a disk (`glow.data.kernels.defocus_kernel`, radius drawn uniformly in --radius), plus Gaussian noise of
---noise and 8-bit quantisation; optionally saturated highlights (--lights) and JPEG (--jpeg). Rows per image (PSNR, uint8 RGB, no crop, `glow.metrics.psnr`):
+--noise and 8-bit quantisation; optionally saturated highlights (--lights) and JPEG (--jpeg). Rows per image (PSNR,
+uint8 RGB, no crop, `glow.metrics.psnr`):
   input        the blurry image
   estimated    BlindDeconvolution alone (its forward, as the pipeline calls it): estimated kernel, its non-blind
                deconvolution, faded where the confidence is low
@@ -112,8 +113,8 @@ def synthetic_rows(pipe, args):
         if args.lights:  # drawn after the noise, so the other options see the same draws with or without lights
             scene = sharp.clone()
             h, w = sharp.shape[-2:]
-            for y, x in zip(rng.integers(0, h - 5, int(args.lights * h * w / 1e6)),
-                            rng.integers(0, w - 5, int(args.lights * h * w / 1e6))):
+            count = int(args.lights * h * w / 1e6)
+            for y, x in zip(rng.integers(0, h - 5, count), rng.integers(0, w - 5, count)):
                 scene[:, y : y + 5, x : x + 5] = 10.0
             sharp = scene.clamp(0, 1)
         blurry = torch.round((convolve(scene, kernel) + noise).clamp(0, 1) * 255) / 255

@@ -126,7 +126,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             (docs/deconvolution.md, "Linear light").
         deconv_nonnegative: on photos with clipped pixels, keep the deconvolution's latent image non-negative at each
             step. Its missing-data step explains a clipped light's trail as a streak of exactly white and rings around
-            it; light cannot be negative. Kodak shake with clipped lights (`eval_kernels.py --lights 40`): +0.31 dB
+            it; light cannot be negative. Kodak shake with clipped lights (``eval_kernels.py --lights 40``): +0.31 dB
             (+0.43 with the true kernel), worst photo -3.00 -> -1.98 dB; no change on the project's other sets
             (docs/deconvolution.md, "Kernel benchmark: linear motion, ...").
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
@@ -427,9 +427,8 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         before the zero, beyond the smooth curve (natural log units). Measured on JPEG q90 photos: <= 0.68 on 43 sharp
         ones (Kodak24, Set5, Set14) on the square region; on the longer one <= 0.49, but for Set14 img_001's 0.94 at
         the end of the radii searched (no longer trusted, see ``estimate_kernel``); 1.46-3.4 on simulated defocus,
-        1.82 on the real defocused text; a disk can also
-        fit the knee of a sharp photo's smooth spectrum, so the fit alone is no evidence. -> (radius in px,
-        defocus_dip)."""
+        1.82 on the real defocused text; a disk can also fit the knee of a sharp photo's smooth spectrum, so the fit
+        alone is no evidence. -> (radius in px, defocus_dip)."""
         first, last = self.config.defocus_radii
         freq, power = radial_power(region.float())
         keep = (freq >= 0.02) & (freq < 0.3)  # below: the scene's layout; above: JPEG and demosaicing
