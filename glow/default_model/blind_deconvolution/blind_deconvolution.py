@@ -62,6 +62,17 @@ from .deconvolution_utils import (
 )
 
 
+
+def _real_view_power(*spectra):
+    """Summed power ``|X|^2`` of complex spectra ``[..., H, W']``, laid out like their real view (``[..., H, W', 2]``,
+    each value twice), so a spectrum is divided by it as a plain same-shape operation on
+    ``torch.view_as_real``: a ``[..., 1]`` divisor broadcast, or one promoted to complex by torch, is several times
+    slower on CPU for the same values."""
+    power = spectra[0].real ** 2 + spectra[0].imag ** 2
+    for x in spectra[1:]:  # summed term by term, left to right (the rounding of a + b + c + d)
+        power = power + x.real**2 + x.imag**2
+    return power[..., None].expand(*power.shape, 2).contiguous()
+
 @dataclass
 class BlindDeconvolutionOutput(BaseOutput):
     """``image`` ``[B,3,H,W]`` deconvolved (blended with the input by ``confidence``); ``kernels`` ``[B,K,K]`` the
@@ -222,21 +233,17 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
                 break
         return size, picks
 
-    def _l0_latent(self, blurry_f, blurry, kernel_otf, dx_otf, dy_otf, shape, lam):
+    def _l0_latent(self, blurry_f, blurry, kernel_otf, den_g, shape, lam):
         """min_S ||k*S - B||^2 + lam ||grad S||_0 by half-quadratic splitting (beta doubling): each step thresholds
         the gradients (L0 proximal map) and solves the quadratic in the Fourier domain. Clipped pixels are not
         treated as missing data here (the kernel step leaves them out): doing so (EM, as the final deconvolution does)
         cost three FFTs more per step and changed nothing beyond the search's run-to-run instability
-        (docs/deconvolution.md, "Clipped lights")."""
+        (docs/deconvolution.md, "Clipped lights"). ``blurry`` (``irfft2(blurry_f)``, the start) and ``den_g`` (the
+        gradients' power, see ``_real_view_power``) are fixed per pyramid level, so the caller computes them once."""
         cfg = self.config
         num = torch.conj(kernel_otf) * blurry_f
-        # the real spectra below are laid out like the complex one's real view ([..., 2]: each value twice), so the
-        # division runs as a plain same-shape multiply: broadcasting a [..., 1] divisor, or letting torch promote it
-        # to complex, is several times slower on CPU for the same values
-        den_k = (kernel_otf.real**2 + kernel_otf.imag**2)[..., None].expand(*kernel_otf.shape, 2).contiguous()
-        den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
-        den_g = den_g[..., None].expand(*den_g.shape, 2).contiguous()
-        latent = blurry  # ``irfft2(blurry_f)``, computed once per pyramid level by the caller
+        den_k = _real_view_power(kernel_otf)
+        latent = blurry
         beta = 2 * lam
         while beta < cfg.hqs_beta_max:
             gx, gy = grad_x(latent), grad_y(latent)
@@ -368,6 +375,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             bf = torch.fft.rfft2(bp)
             b_spatial = torch.fft.irfft2(bf, s=shape)  # the latent step's start (not bp: FFT rounding differs)
             dx_otf, dy_otf = gradient_otfs(shape, b.device, b.dtype)
+            den_g = _real_view_power(dx_otf, dy_otf)
             blurry_grad_f = (torch.fft.rfft2(grad_x(bp) * mask), torch.fft.rfft2(grad_y(bp) * mask))
             fy = torch.fft.fftfreq(shape[0], device=b.device, dtype=b.dtype).view(-1, 1)
             fx = torch.fft.rfftfreq(shape[1], device=b.device, dtype=b.dtype).view(1, -1)
@@ -375,7 +383,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             lam = cfg.lambda_grad if lambda_grad is None else lambda_grad
             threshold = None
             for _ in range(cfg.iterations):
-                latent = self._l0_latent(bf, b_spatial, psf2otf(kernel, shape), dx_otf, dy_otf, shape, lam)
+                latent = self._l0_latent(bf, b_spatial, psf2otf(kernel, shape), den_g, shape, lam)
                 if threshold is None:
                     threshold = self._edge_threshold(latent * mask, cfg.edge_pixels * ks) if cfg.edge_pixels > 0 else 0
                 kernel = self._kernel_step(latent, blurry_grad_f, mask, weight, kernel, threshold)
@@ -576,10 +584,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         shape = (fast_size(h + 2 * r + 2), fast_size(w + 2 * r + 2))
         k_otf = psf2otf(kernel.float(), shape)
         dx_otf, dy_otf = gradient_otfs(shape, image.device, torch.float32)
-        # laid out like the spectra's real view (each value twice; see _l0_latent)
-        den_k = (k_otf.real**2 + k_otf.imag**2)[..., None].expand(*k_otf.shape, 2).contiguous()
-        den_g = dx_otf.real**2 + dx_otf.imag**2 + dy_otf.real**2 + dy_otf.imag**2
-        den_g = den_g[..., None].expand(*den_g.shape, 2).contiguous()
+        den_k, den_g = _real_view_power(k_otf), _real_view_power(dx_otf, dy_otf)
         del dx_otf, dy_otf
         # one channel at a time: a 12 MP photo's spectra are ~100 MB each, and each step holds several
         saturation = cfg.saturation if saturation is None else saturation
@@ -608,7 +613,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
                 del thr
             num = torch.conj(k_otf) * y_f + beta * torch.fft.rfft2(grad_xt(gx) + grad_yt(gy))
             del gx, gy
-            # a complex spectrum divided by a real one on its real view (see _l0_latent)
+            # a complex spectrum divided by a real one on its real view (see _real_view_power)
             torch.view_as_real(num).div_(den_k + beta * den_g)
             x = torch.fft.irfft2(num, s=shape)
             del num
