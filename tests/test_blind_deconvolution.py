@@ -261,8 +261,10 @@ def test_clipped_lights_leave_no_negative_ringing():
     true = centre_crop(camera_shake_kernel(np.random.default_rng(3), extent=18.0)[0], 25)
     blurry = blur(sharp, true / true.sum())
     target = sharp.clamp(0, 1)
-    kept = BlindDeconvolution(**SMALL).deconvolve(blurry, true / true.sum())
-    free = BlindDeconvolution(**SMALL, deconv_nonnegative=False).deconvolve(blurry, true / true.sum())
+    # the light-source start (next test) off in both: this one is about the constraint alone
+    kept = BlindDeconvolution(**SMALL, deconv_light_sources=False).deconvolve(blurry, true / true.sum())
+    free = BlindDeconvolution(**SMALL, deconv_nonnegative=False, deconv_light_sources=False).deconvolve(
+        blurry, true / true.sum())
     assert float(kept.min()) >= 0.0 and float(free.min()) < -0.5
 
     def error(image, where):
@@ -274,6 +276,50 @@ def test_clipped_lights_leave_no_negative_ringing():
     plain = blur(scene(seed=12) * 0.3, true / true.sum())
     assert torch.equal(BlindDeconvolution(**SMALL).deconvolve(plain, true / true.sum()),
                        BlindDeconvolution(**SMALL, deconv_nonnegative=False).deconvolve(plain, true / true.sum()))
+
+
+def test_clipped_lights_are_deconvolved_as_light_sources():
+    """The same kind of night scene: each clipped trail is explained by a small source far brighter than white (the
+    start of the missing-data deconvolution, ``deconv_light_sources``), so the light comes back as a spot where it
+    was, not as a white copy of the trail with echoes around it. A white wall (a clipped region larger than the
+    kernel) and a light whose trail leaves the photo are not taken for light sources."""
+    sharp = scene(seed=5) * 0.3
+    yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")
+    centres = ((45, 60), (140, 110), (95, 150))
+    near = torch.zeros(192, 192, dtype=torch.bool)
+    for cx, cy in centres:
+        sharp = torch.where(((xx - cx) ** 2 + (yy - cy) ** 2 < 5)[None], torch.full_like(sharp, 10.0), sharp)
+        near |= ((xx - cx) ** 2 + (yy - cy) ** 2) < 30**2
+    true = centre_crop(camera_shake_kernel(np.random.default_rng(7), extent=20.0)[0], 25)
+    true = true / true.sum()
+    blurry = blur(sharp, true)
+    target = sharp.clamp(0, 1)
+    sources = BlindDeconvolution(**SMALL).deconvolve(blurry, true)
+    trails = BlindDeconvolution(**SMALL, deconv_light_sources=False).deconvolve(blurry, true)
+
+    def error(image, where):
+        return float(((image.clamp(0, 1) - target) ** 2).mean(0)[where].mean())
+
+    assert error(sources, near) < 0.7 * error(trails, near), (error(sources, near), error(trails, near))
+    assert error(sources, ~near) <= error(trails, ~near) + 1e-4
+    for cx, cy in centres:  # the brightest deconvolved pixel near each light is the light itself, far above white
+        window = sources[:, cy - 20 : cy + 21, cx - 20 : cx + 21].mean(0)
+        py, px = divmod(int(window.argmax()), window.shape[1])
+        assert abs(py - 20) <= 2 and abs(px - 20) <= 2 and float(window.max()) > 3, (cx, cy, py, px)
+
+    from glow.models.deconvolution_utils import find_light_sources, light_source_start
+
+    assert len(find_light_sources(blurry, true, 0.97)) == 3
+    wall = blur(torch.where((xx > 40) & (xx < 150) & (yy > 60) & (yy < 130), 3.0, 0.3).expand(3, -1, -1), true)
+    assert find_light_sources(wall, true, 0.97) == []
+    edge = blur(torch.where((xx - 2) ** 2 + (yy - 96) ** 2 < 5, 10.0, 0.3).expand(3, -1, -1), true)
+    assert find_light_sources(edge, true, 0.97) == []
+    # a glint three times white (a sunlit surface, skin) clips a small patch: no source is made of it (a source
+    # ten times white, as the lights above, would be)
+    glint = blur(torch.where((xx - 96) ** 2 + (yy - 96) ** 2 < 5, 3.0, 0.5).expand(3, -1, -1), true)
+    candidates = find_light_sources(glint, true, 0.97)
+    assert len(candidates) >= 1
+    assert torch.equal(light_source_start(glint[0], candidates, 0.97), glint[0])
 
 
 def test_the_search_runs_on_the_most_edge_rich_region_only():

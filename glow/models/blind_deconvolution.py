@@ -25,7 +25,8 @@ samples than a CPU can show it; a photo can afford seconds of optimisation inste
    radius, and how deep that ring is gives the confidence; a defocus kernel is applied to the whole photo.
 4. **Deconvolution** of the whole photo (all channels) with a hyper-Laplacian-like prior (HQS with an iteratively
    reweighted L1 shrinkage), on a smoothly periodic padding (no ringing from the borders), with clipped highlights
-   treated as missing data (the EM trick: their observed value is replaced by the current re-blurred estimate).
+   treated as missing data (the EM trick: their observed value is replaced by the current re-blurred estimate),
+   started from a model of each clipped light as a small source far brighter than white (``deconv_light_sources``).
 """
 import math
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .deconvolution_utils import (
     disk_gain,
     disk_kernel,
     fast_size,
+    find_light_sources,
     grad_x,
     grad_xt,
     grad_y,
@@ -50,6 +52,7 @@ from .deconvolution_utils import (
     kernel_moments,
     kernel_motion,
     largest_component,
+    light_source_start,
     linear_to_srgb,
     luminance,
     noise_sigma,
@@ -140,6 +143,10 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             it; light cannot be negative. Kodak shake with clipped lights (``eval_kernels.py --lights 40``): +0.31 dB
             (+0.43 with the true kernel), worst photo -3.00 -> -1.98 dB; no change on the project's other sets
             (docs/deconvolution.md, "Kernel benchmark: linear motion, ...").
+        deconv_light_sources: start that deconvolution from a model of each clipped light (``find_light_sources``:
+            a clipped region no larger than the kernel becomes a small source bright enough to clip that trail,
+            on the background around it). Started from the photo, the missing-data step keeps each trail a streak
+            of exactly white with echoes around it (docs/deconvolution.md, "Clipped lights as light sources").
         deconv_weight / deconv_iterations: prior weight and HQS iterations of the final non-blind deconvolution;
             the weight grows with the kernel size (``deconv_weight * (1 + length / deconv_length_scale)``). 5e-4
             rather than 1e-3: the networks after it do better on the sharper, noisier result (Kodak shake pipeline
@@ -182,6 +189,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         linear_light: bool = False,
         deconv_linear_light: bool = False,
         deconv_nonnegative: bool = True,
+        deconv_light_sources: bool = True,
         deconv_weight: float = 5e-4,
         deconv_iterations: int = 6,
         deconv_length_scale: float = 60.0,
@@ -588,17 +596,19 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         del dx_otf, dy_otf
         # one channel at a time: a 12 MP photo's spectra are ~100 MB each, and each step holds several
         saturation = cfg.saturation if saturation is None else saturation
-        return torch.stack([self._deconvolve_channel(channel, k_otf, den_k, den_g, shape, weight, saturation)
-                            for channel in image.float()])
+        image = image.float()
+        lights = find_light_sources(image, kernel.float(), saturation) if cfg.deconv_light_sources else []
+        return torch.stack([self._deconvolve_channel(channel, k_otf, den_k, den_g, shape, weight, saturation, lights)
+                            for channel in image])
 
-    def _deconvolve_channel(self, image, k_otf, den_k, den_g, shape, weight, saturation):
+    def _deconvolve_channel(self, image, k_otf, den_k, den_g, shape, weight, saturation, lights=()):
         cfg = self.config
         h, w = image.shape
         y = periodic_pad(image, shape[0] - h, shape[1] - w)
         clipped = y >= saturation
         has_clipped = bool(clipped[:h, :w].any())
         y_f = torch.fft.rfft2(y)
-        x = y.clone()
+        x = light_source_start(y, lights, saturation) if has_clipped and lights else y.clone()
         beta = weight * 4
         for _ in range(cfg.deconv_iterations):
             if has_clipped:  # missing data: a clipped pixel only says "at least this bright"

@@ -1,7 +1,8 @@
 # Self-contained like blind_deconvolution.py, which imports it relatively: copied beside it into its folder of a
-# saved pipeline. Only torch and the standard library.
+# saved pipeline. Only torch, the standard library and (for labelling clipped regions) scipy.ndimage.
 """The small pieces of blind deconvolution: colour and padding, the Fourier domain (OTFs, image gradients), the
-noise estimate, and the blur kernel's projection, centring, resizing and moments (its length and direction)."""
+noise estimate, the blur kernel's projection, centring, resizing and moments (its length and direction), and clipped
+lights modelled as light sources."""
 
 import math
 
@@ -236,3 +237,96 @@ def kernel_motion(kernel):
     trace = (cxx + cyy).clamp_min(1e-8)
     lam1 = 0.5 * (cxx + cyy + torch.sqrt((cxx - cyy) ** 2 + 4 * cxy * cxy))
     return torch.stack([(cxx - cyy) / trace, 2 * cxy / trace, torch.sqrt(12.0 * lam1.clamp_min(0))])
+
+
+def find_light_sources(image, kernel, saturation, group=5, margin=4, tau=0.8):
+    """Clipped regions of ``image [C, H, W]`` (any channel at or above ``saturation``) that a small bright light blurred
+    by ``kernel`` (centred, cropped to its support) explains: no larger than the kernel's extent plus ``margin`` px
+    and away from the photo's border. Clipped pixels within ``group`` px are one light (a light's trail breaks where
+    the kernel is faint). For each: the source pixels (where the kernel, placed there, puts at least ``tau`` of the
+    best placement's mass on the clipped region), the source blurred by the kernel, and a ring just outside its
+    blur to read the background from. -> list of dicts (window slices and masks, all on the window).
+
+    Connected components are labelled with scipy.ndimage on the CPU: torch has no labelling, and spreading labels by
+    max-pooling (as ``largest_component`` does on a kernel) costs a pass per pixel of extent over a whole photo."""
+    h, w = image.shape[-2:]
+    clipped = image.amax(0) >= saturation
+    if not bool(clipped.any()):
+        return []
+    from scipy import ndimage  # here: a photo without clipped pixels never pays its import
+
+    support = kernel > 0
+    nz = torch.nonzero(support)
+    extent_y, extent_x = (int(v) + 1 for v in (nz.amax(0) - nz.amin(0)))
+    r = kernel.shape[-1] // 2
+    # every window below fits in side x side: one FFT size for all of them, so the kernel's three transforms are made
+    # once and the FFT plans are reused (windows of their own sizes cost ~1 s more per photo in first-use plans)
+    side = max(extent_y, extent_x) + margin + 4 * r
+    shape = (fast_size(side + kernel.shape[-1]),) * 2
+    kernel_otf, flipped_otf, support_otf = (psf2otf(k, shape) for k in (kernel, kernel.flip(-2, -1), support.float()))
+
+    def conv(x, otf):  # zero outside the window: the FFT is larger than the window by the kernel, so no wrap-around
+        return torch.fft.irfft2(torch.fft.rfft2(x, s=shape) * otf, s=shape)[: x.shape[0], : x.shape[1]]
+
+    mask = clipped.cpu().numpy()
+    labels, _ = ndimage.label(ndimage.binary_dilation(mask, structure=[[1] * group] * group), structure=[[1] * 3] * 3)
+    labels *= mask
+    lights = []
+    for i, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        (top, bottom), (left, right) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
+        if bottom - top > extent_y + margin or right - left > extent_x + margin:
+            continue  # larger than a blurred point: a white wall or sky, not a light
+        if top == 0 or left == 0 or bottom == h or right == w:
+            continue  # its trail runs out of the photo: the source cannot be placed
+        window = (slice(max(0, top - 2 * r), min(h, bottom + 2 * r)), slice(max(0, left - 2 * r), min(w, right + 2 * r)))
+        region = torch.from_numpy(labels[window] == i + 1).to(image.device)
+        # where the kernel, placed, lands most of its mass on the clipped region (a correlation: the flipped kernel)
+        score = conv(region.float(), flipped_otf)
+        source = score >= tau * score.max()
+        source_blur = conv(source.float(), kernel_otf)
+        source_support = conv(source.float(), support_otf) > 0.5
+        ring = (dilate(source_support.float(), 7) > 0) & ~source_support & ~clipped[window]
+        if int(ring.sum()) < 5:
+            continue
+        lights.append(dict(window=window, region=region, source=source, source_blur=source_blur, ring=ring,
+                           min_pixels=max(extent_y, extent_x)))
+    return lights
+
+
+def light_source_start(channel, lights, saturation, min_iou=0.5, min_excess=3.0):
+    """A start for the missing-data deconvolution of one ``channel [H', W']`` (the photo at its top-left): each light
+    of ``find_light_sources`` whose clipped shape in this channel the model reproduces (intersection over union of
+    at least ``min_iou``) becomes its source pixels at the brightness that makes the blurred source reach the
+    clipping level at the clipped region's edge, on the background read from the ring; its trail becomes that
+    background. Started from the photo itself, the deconvolution explains a trail as a streak of exactly white and
+    rings around it; started here, the re-blurred estimate exceeds white on the trail and the missing-data step
+    keeps it (docs/deconvolution.md, "Clipped lights as light sources").
+
+    Not a light, left as it was: a source less than ``min_excess`` times white above its background, or a channel
+    with fewer clipped pixels than the kernel is long (sunlit skin and shirts clipped in one channel, on the street
+    photo, got sources 1.2-2x white and a few cyan pixels without these two checks)."""
+    start = channel.clone()
+    for light in lights:
+        view = start[light["window"]]
+        values = channel[light["window"]]
+        clipped = light["region"] & (values >= saturation)
+        if int(clipped.sum()) < light["min_pixels"]:
+            continue  # not (or barely) clipped in this channel: its data already say how bright it is
+        background = float(values[light["ring"]].median())
+        inner = -F.max_pool2d(-clipped.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0.5
+        edge = light["source_blur"][clipped & ~inner]
+        edge = edge[edge > 1e-6]
+        if edge.numel() == 0:
+            continue
+        amplitude = (saturation - background) / float(edge.median())
+        if amplitude < min_excess:
+            continue  # a white surface or a highlight a little over white, not a light
+        predicted = amplitude * light["source_blur"] + background >= saturation
+        iou = float((predicted & clipped).sum()) / max(1, int((predicted | clipped).sum()))
+        if iou < min_iou:
+            continue
+        view[light["region"]] = background
+        view[light["source"]] = view[light["source"]].clamp_min(amplitude + background)
+    return start
