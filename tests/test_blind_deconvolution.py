@@ -316,7 +316,7 @@ def test_clipped_lights_are_deconvolved_as_light_sources():
     assert find_light_sources(edge, true, 0.97) == []
     # a glint three times white (a sunlit surface, skin) clips a small patch: no source is made of it (a source
     # ten times white, as the lights above, would be)
-    glint = blur(torch.where((xx - 96) ** 2 + (yy - 96) ** 2 < 5, 3.0, 0.5).expand(3, -1, -1), true)
+    glint = blur(torch.where((xx - 96) ** 2 + (yy - 96) ** 2 < 9, 3.0, 0.5).expand(3, -1, -1), true)
     candidates = find_light_sources(glint, true, 0.97)
     assert len(candidates) >= 1
     assert torch.equal(light_source_start(glint[0], candidates, 0.97), glint[0])

@@ -253,6 +253,7 @@ def find_light_sources(image, kernel, saturation, group=5, margin=4, tau=0.8):
     clipped = image.amax(0) >= saturation
     if not bool(clipped.any()):
         return []
+    import numpy as np
     from scipy import ndimage  # here: a photo without clipped pixels never pays its import
 
     support = kernel > 0
@@ -271,10 +272,12 @@ def find_light_sources(image, kernel, saturation, group=5, margin=4, tau=0.8):
     mask = clipped.cpu().numpy()
     labels, _ = ndimage.label(ndimage.binary_dilation(mask, structure=[[1] * group] * group), structure=[[1] * 3] * 3)
     labels *= mask
+    counts = np.bincount(labels.ravel())
+    min_pixels = max(extent_y, extent_x)
     lights = []
     for i, box in enumerate(ndimage.find_objects(labels)):
-        if box is None:
-            continue
+        if box is None or counts[i + 1] < min_pixels:
+            continue  # too few clipped pixels for any channel to pass light_source_start: skip its FFTs (glitter, snow)
         (top, bottom), (left, right) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
         if bottom - top > extent_y + margin or right - left > extent_x + margin:
             continue  # larger than a blurred point: a white wall or sky, not a light
@@ -291,7 +294,7 @@ def find_light_sources(image, kernel, saturation, group=5, margin=4, tau=0.8):
         if int(ring.sum()) < 5:
             continue
         lights.append(dict(window=window, region=region, source=source, source_blur=source_blur, ring=ring,
-                           min_pixels=max(extent_y, extent_x)))
+                           min_pixels=min_pixels))
     return lights
 
 
