@@ -8,7 +8,13 @@ import torch
 from glow.data.kernels import camera_shake_kernel, convolve, defocus_kernel, linear_kernel
 from glow.data.motion import kernel_to_motion, motion_to_polar
 from glow.models.blind_deconvolution import BlindDeconvolution
-from glow.models.deconvolution_utils import kernel_moments, kernel_motion, noise_sigma
+from glow.models.deconvolution_utils import (
+    find_light_sources,
+    kernel_moments,
+    kernel_motion,
+    light_source_start,
+    noise_sigma,
+)
 from glow.presets import build_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -282,7 +288,7 @@ def test_clipped_lights_are_deconvolved_as_light_sources():
     """The same kind of night scene: each clipped trail is explained by a small source far brighter than white (the
     start of the missing-data deconvolution, ``deconv_light_sources``), so the light comes back as a spot where it
     was, not as a white copy of the trail with echoes around it. A white wall (a clipped region larger than the
-    kernel) and a light whose trail leaves the photo are not taken for light sources."""
+    kernel), a light whose trail leaves the photo and a glint a little over white are not taken for light sources."""
     sharp = scene(seed=5) * 0.3
     yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")
     centres = ((45, 60), (140, 110), (95, 150))
@@ -306,8 +312,6 @@ def test_clipped_lights_are_deconvolved_as_light_sources():
         window = sources[:, cy - 20 : cy + 21, cx - 20 : cx + 21].mean(0)
         py, px = divmod(int(window.argmax()), window.shape[1])
         assert abs(py - 20) <= 2 and abs(px - 20) <= 2 and float(window.max()) > 3, (cx, cy, py, px)
-
-    from glow.models.deconvolution_utils import find_light_sources, light_source_start
 
     assert len(find_light_sources(blurry, true, 0.97)) == 3
     wall = blur(torch.where((xx > 40) & (xx < 150) & (yy > 60) & (yy < 130), 3.0, 0.3).expand(3, -1, -1), true)
