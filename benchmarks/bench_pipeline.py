@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py                        # default model, 1 MP and 12 MP, default settings
     python benchmarks/bench_pipeline.py --megapixels 1 --steps 2 --tile-size 1024
+    python benchmarks/bench_pipeline.py --image examples/real_street_nafnet.jpg --skip-components   # your photo
 
 CPU-s/MP (process CPU time) is reported next to wall time because the machine is shared: with --threads 1 it is
 close to the compute the pipeline needs regardless of other load. Each image size runs in its own subprocess so peak RSS (ru_maxrss) is per size. Also times each component on one
@@ -40,6 +41,12 @@ def _call_kwargs(args):
 def run_one(args):
     """Child process: one image of args.megapixels[0] MP; prints a JSON line."""
     torch.set_num_threads(args.threads)
+    if args.image:  # a real photo at its own size (EXIF rotation applied, any mode made RGB, as the app reads it)
+        from glow.io import load_image
+
+        image = np.asarray(load_image(args.image).convert("RGB"))
+        h, w = image.shape[:2]
+        return _time_pipeline(args, image, h, w)
     mp = args.megapixels[0]
     w = int(round((mp * 1e6 * 4 / 3) ** 0.5))
     h = int(round(mp * 1e6 / w))
@@ -55,6 +62,10 @@ def run_one(args):
     padded = np.pad(image, ((0, 0), ((n + 1) // 2, n // 2), (0, 0)), mode="edge").cumsum(axis=1)
     image = np.round((padded[:, n:] - padded[:, :-n]) / n).clip(0, 255).astype(np.uint8)
     del padded
+    return _time_pipeline(args, image, h, w)
+
+
+def _time_pipeline(args, image, h, w):
     pipe = _load(args.model)
     pipe(image[:64, :64], **_call_kwargs(args))  # warm-up (also loads/caches the empty-prompt embedding)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -147,6 +158,9 @@ def main():
                         help="clipped lights per MP (5x5 px, 10x white, before the blur): 40 clip ~0.46%% of the "
                              "pixels, like the GoPro frame in ../shared/data/real_blurry; clipped pixels take their own "
                              "path in the kernel search and the deconvolution (docs/deconvolution.md)")
+    parser.add_argument("--image", default=None,
+                        help="time this photo at its own size instead of the synthetic one (--megapixels, --streak and "
+                             "--lights are then ignored)")
     parser.add_argument("--no-networks", action="store_true",
                         help="the deconvolution alone (networks=False: no pre-reconstruction, no diffusion)")
     parser.add_argument("--skip-components", action="store_true")
@@ -168,16 +182,18 @@ def main():
         return run_one(args)
 
     print(f"load: {os.getloadavg()} (shared machine), torch {torch.__version__}, threads {args.threads}, "
-          f"streak {args.streak} px, {args.lights} clipped lights per MP")
+          + (f"photo {args.image}" if args.image else f"streak {args.streak} px, {args.lights} clipped lights per MP"))
     print(f"settings: steps={args.steps} fidelity={args.fidelity} guidance_scale={args.guidance_scale} "
           f"tile_size={args.tile_size if args.tile_size is not None else defaults['tile_size']} "
           f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}"
           f"{' networks=False' if args.no_networks else ''}")
-    for mp in args.megapixels:
+    for mp in args.megapixels if not args.image else [0.0]:
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--megapixels", str(mp),
                "--steps", str(args.steps), "--fidelity", str(args.fidelity), "--guidance-scale", str(args.guidance_scale),
                "--threads", str(args.threads), "--streak", str(args.streak),
                "--lights", str(int(args.lights * mp))] + (["--no-networks"] if args.no_networks else [])
+        if args.image:
+            cmd += ["--image", args.image]
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]
         if args.tile_overlap is not None:
