@@ -265,6 +265,9 @@ def main(argv=None) -> int:
     if state.is_main_process:
         print(f"done {done}, skipped {skipped}, failed {failed} in {time.perf_counter() - started:.1f} s -> "
               f"{output_dir}" + (" (skipped: the output is already there; --overwrite redoes it)" if skipped else ""))
+    # torch asks for it before exit; without it one two-process CI run of 10 aborted at exit ("terminate called
+    # without an active exception", 2026-12-06 night)
+    state.destroy_process_group()
     return 1 if failed else 0
 
 
