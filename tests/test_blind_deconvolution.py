@@ -443,7 +443,7 @@ def test_pipeline_with_deconvolution_keeps_every_input_layout(mode):
     elif mode == "RGBA":
         image = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]), mode="RGBA")
     elif mode == "I;16":
-        image = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257), mode="I;16")
+        image = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)  # a uint16 array is mode I;16
     elif mode == "tiny":
         image = Image.fromarray(rgb[:3, :2])
     else:  # the whole photo is deconvolved in one FFT; the kernel search stays on one region
