@@ -65,7 +65,6 @@ from .deconvolution_utils import (
 )
 
 
-
 def _real_view_power(*spectra):
     """Summed power ``|X|^2`` of complex spectra ``[..., H, W']``, laid out like their real view (``[..., H, W', 2]``,
     each value twice), so a spectrum is divided by it as a plain same-shape operation on
@@ -75,6 +74,7 @@ def _real_view_power(*spectra):
     for x in spectra[1:]:  # summed term by term, left to right (the rounding of a + b + c + d)
         power = power + x.real**2 + x.imag**2
     return power[..., None].expand(*power.shape, 2).contiguous()
+
 
 @dataclass
 class BlindDeconvolutionOutput(BaseOutput):
