@@ -54,7 +54,8 @@ DEFAULT_STEPS = 1
 DEFAULT_FIDELITY = 0.0
 DEFAULT_SEED = 0
 DEFAULT_DECONVOLVE = True
-DEFAULT_NETWORKS = True
+DEFAULT_NETWORKS = "auto"
+NETWORKS_MODES = {"auto": "auto", "always": True, "never": False}  # the choice -> the pipeline's `networks`
 
 
 def load_pipeline():
@@ -93,9 +94,10 @@ def get_pipeline():
 # ---------------------------------------------------------------------------------------------------------------
 @spaces.GPU(duration=60)
 def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, tile_size: int, tile_overlap: int,
-                 guidance_scale: float, deconvolve: bool = True, networks: bool = True, progress=gr.Progress()):
+                 guidance_scale: float, deconvolve: bool = True, networks="auto", progress=gr.Progress()):
     """Deblur one RGB image (PIL, or float HxWx3 for 16-bit files). Returns (deblurred PIL, motion field
-    [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles used, tile size used, seconds in the model)."""
+    [3, h/8, w/8] on CPU, pre-reconstruction PIL, tiles used, tile size used, seconds in the model, kernel, blur
+    confidence, networks' weight)."""
     pipe = get_pipeline()
     if tile_size == 0:  # auto: the pipeline's default (speed at bounded memory)
         from glow.pipeline_glowdeblur import DEFAULT_TILE_SIZE
@@ -128,8 +130,9 @@ def run_pipeline(image, prompt: str, fidelity: float, steps: int, seed: int, til
     motion = output.motion_fields[0]
     kernel = output.kernels[0] if output.kernels else None  # None: a pipeline without blind deconvolution
     confidence = output.blur_confidences[0] if output.blur_confidences else None
+    weight = output.networks_weights[0] if getattr(output, "networks_weights", None) else None  # older folders: none
     return (output.images[0], motion, output.prereconstructions[0], state["tiles"], tile_size,
-            time.perf_counter() - started, kernel, confidence)
+            time.perf_counter() - started, kernel, confidence, weight)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ def save_png(image: Image.Image, name: str) -> str:
 # The event handler (also the /deblur API)
 # ---------------------------------------------------------------------------------------------------------------
 def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve=True,
-           networks=True, progress=gr.Progress()):
+           networks=DEFAULT_NETWORKS, progress=gr.Progress()):
     """Deblur a photo. Returns (before/after pair, motion field picture, pre-reconstruction, PNG path, report).
 
     Every failure reaches the page as a gr.Error with a readable message, never a stack trace (the log keeps it)."""
@@ -281,10 +284,16 @@ def deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidan
 def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guidance_scale, deconvolve, networks,
             progress):
     started = time.perf_counter()
-    deconvolve, networks = deconvolve is not False, networks is not False
-    if not deconvolve and not networks:
-        raise gr.Error("With both the blur-kernel removal and the networks switched off there is nothing to do: tick "
-                       "at least one of them.", title="Nothing to do")
+    deconvolve = deconvolve is not False
+    # "auto" | "always" | "never"; True / False from API clients of the earlier checkbox
+    mode = networks if isinstance(networks, bool) else NETWORKS_MODES.get(str(networks or "auto").strip().lower())
+    if mode is None:
+        raise gr.Error(f"Unknown networks setting {networks!r}: use one of {', '.join(NETWORKS_MODES)}.",
+                       title="Invalid setting")
+    networks = mode
+    if not deconvolve and networks is False:
+        raise gr.Error("With the blur-kernel removal off and the networks set to never there is nothing to do: tick "
+                       "the one or set the other to auto or always.", title="Nothing to do")
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
         fidelity, steps, seed, tile_size, tile_overlap, guidance_scale)
@@ -298,7 +307,7 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
         progress(0.02, desc="Loading the model (first request after start)")
         get_pipeline()
     progress(0.05, desc="Estimating motion and deblurring")
-    restored, motion, prerecon, tiles, tile_size, model_s, kernel, confidence = run_pipeline(
+    restored, motion, prerecon, tiles, tile_size, model_s, kernel, confidence, weight = run_pipeline(
         rgb if model_input is None else model_input, prompt, fidelity, steps, seed, tile_size, tile_overlap,
         guidance_scale, deconvolve, networks, progress)
 
@@ -321,12 +330,16 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
     settings = (f"{steps} step(s), fidelity {fidelity:.2f}, seed {seed}"
                 f"{', prompt: ' + repr(prompt[:80]) if prompt else ''}"
                 f"{f', text guidance {guidance_scale:g}' if guidance_scale > 1 else ''}")
-    report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {settings if networks else 'deconvolution only'} — "
+    settings = settings if networks is not False else "deconvolution only"
+    report = [f"**{name}**: {w}x{h} px ({w * h / 1e6:.2f} MP), {settings} — "
               f"done in {time.perf_counter() - started:.1f} s on {DEVICE} (model {model_s:.1f} s).",
               f"Estimated motion: {describe_motion_field(motion)}."]
     if kernel is not None and confidence is not None and confidence < 1:
         notes.append("no reliable blur found: left as it was" if confidence == 0
                      else f"blur estimate only partly trusted: deconvolution applied at {confidence:.0%}")
+    if networks == "auto" and weight is not None and weight < 1:
+        notes.append("sharp and clean: the networks were skipped, as they would soften it" if weight == 0
+                     else f"little blur or noise: the networks' clean-up applied at {weight:.0%}")
     report += [f"Note: {n}." for n in notes]
     if before.size != rgb.size:
         report.append(f"Pictures on this page are downscaled to {before.width}x{before.height}; "
@@ -385,9 +398,10 @@ with gr.Blocks(title="GLOWDeblur", delete_cache=(3600, 3600)) as demo:
             deconvolve = gr.Checkbox(value=DEFAULT_DECONVOLVE, label="Estimate and remove this photo's blur kernel",
                                      info="Best on camera shake; adds about 5 s. Off: the networks alone (faster; "
                                           "they only denoise and clean up).")
-            networks = gr.Checkbox(value=DEFAULT_NETWORKS, label="Clean up with the networks",
-                                   info="They remove noise, JPEG blocks and ringing, but soften fine detail: "
-                                        "off for a photo that is nearly sharp (the deconvolution alone).")
+            networks = gr.Radio(list(NETWORKS_MODES), value=DEFAULT_NETWORKS, label="Clean up with the networks",
+                                info="They remove noise, JPEG blocks and ringing, but soften fine detail. Auto: only "
+                                     "on photos that are blurred or noisy (a sharp, clean photo comes back as it "
+                                     "was); never: the deconvolution alone.")
             run = gr.Button("Deblur", variant="primary", elem_id="deblur-btn")
         with gr.Column(scale=2, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="before-after", max_height=640)

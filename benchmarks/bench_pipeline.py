@@ -30,7 +30,7 @@ def _load(model):
 
 def _call_kwargs(args):
     kw = dict(num_inference_steps=args.steps, fidelity=args.fidelity, guidance_scale=args.guidance_scale,
-              networks=not args.no_networks)
+              networks={"auto": "auto", "always": True, "never": False}[args.networks])
     if args.tile_size is not None:
         kw["tile_size"] = None if args.tile_size == 0 else args.tile_size
     if args.tile_overlap is not None:
@@ -75,6 +75,15 @@ def _time_pipeline(args, image, h, w):
     assert out.images[0].shape == image.shape
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the pipeline's peak (measured first)
     blind = {"confidence": out.blur_confidences[0]} if out.blur_confidences else {}
+    blind["networks_weight"] = out.networks_weights[0]
+    if args.networks == "auto":  # the gate's two measures of the photo (run when the confidence alone does not decide)
+        from glow.image_processing_glowdeblur import blur_measure, noise_floor
+
+        rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        t0 = time.perf_counter()
+        noise_floor(rgb), blur_measure(rgb)
+        blind["gate_measures_s"] = time.perf_counter() - t0
+        del rgb
     if pipe.blind_deconvolution is not None:  # its two halves alone: the kernel search, then the deconvolution
         rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255
         t0 = time.perf_counter()
@@ -161,8 +170,11 @@ def main():
     parser.add_argument("--image", default=None,
                         help="time this photo at its own size instead of the synthetic one (--megapixels, --streak and "
                              "--lights are then ignored)")
-    parser.add_argument("--no-networks", action="store_true",
-                        help="the deconvolution alone (networks=False: no pre-reconstruction, no diffusion)")
+    parser.add_argument("--networks", choices=("auto", "always", "never"), default="auto",
+                        help="the pipeline's networks= (auto: skipped on sharp, clean photos; never: the deconvolution "
+                             "alone, no pre-reconstruction, no diffusion)")
+    parser.add_argument("--no-networks", dest="networks", action="store_const", const="never",
+                        help="the same as --networks never")
     parser.add_argument("--skip-components", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,12 +198,12 @@ def main():
     print(f"settings: steps={args.steps} fidelity={args.fidelity} guidance_scale={args.guidance_scale} "
           f"tile_size={args.tile_size if args.tile_size is not None else defaults['tile_size']} "
           f"tile_overlap={args.tile_overlap if args.tile_overlap is not None else defaults['tile_overlap']}"
-          f"{' networks=False' if args.no_networks else ''}")
+          f" networks={args.networks}")
     for mp in args.megapixels if not args.image else [0.0]:
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--megapixels", str(mp),
                "--steps", str(args.steps), "--fidelity", str(args.fidelity), "--guidance-scale", str(args.guidance_scale),
                "--threads", str(args.threads), "--streak", str(args.streak),
-               "--lights", str(int(args.lights * mp))] + (["--no-networks"] if args.no_networks else [])
+               "--lights", str(int(args.lights * mp)), "--networks", args.networks]
         if args.image:
             cmd += ["--image", args.image]
         if args.tile_size is not None:
@@ -207,7 +219,9 @@ def main():
               f"peak RSS {r['peak_rss_mb']:.0f} MB (after loading: {r['rss_after_load_mb']:.0f} MB)"
               + (f"; blind deconvolution alone: kernel estimate {r['estimate_s']:.1f} s, deconvolution "
                  f"{r['deconvolve_s']:.1f} s, confidence map {r['confidence_map_s']:.1f} s (a {r['kernel_length']:.0f} px "
-                 f"kernel, applied {r['confidence']:.0%})" if "estimate_s" in r else ""))
+                 f"kernel, applied {r['confidence']:.0%})" if "estimate_s" in r else "")
+              + f"; networks applied {r['networks_weight']:.0%}"
+              + (f" (the gate's measures {r['gate_measures_s']:.2f} s)" if "gate_measures_s" in r else ""))
     if not args.skip_components:
         components(args)
     print(f"load after: {os.getloadavg()}")

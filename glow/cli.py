@@ -24,6 +24,7 @@ from pathlib import Path
 
 __all__ = ["main", "collect_inputs", "plan_outputs"]
 
+NETWORKS_MODES = {"auto": "auto", "always": True, "never": False}  # --networks -> the pipeline's `networks`
 _SAME_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
                 ".bmp": "BMP"}  # other inputs (GIF, PPM, ...) are written as PNG
 _EXIF_FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -47,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Tile size in px (multiple of 64); 0 = the whole image at once.")
     p.add_argument("--no-deconvolve", dest="deconvolve", action="store_false",
                    help="Skip the per-photo blur estimation and deconvolution (networks only).")
-    p.add_argument("--no-networks", "--deconvolution-only", dest="networks", action="store_false",
-                   help="Return the per-photo deconvolution alone, without the networks: never softens sharp "
-                        "photos and is faster, but leaves noise and ringing (docs/deconvolution.md).")
+    p.add_argument("--networks", choices=("auto", "always", "never"), default="auto",
+                   help="auto: the networks clean up photos that are blurred or noisy and leave sharp, clean ones "
+                        "as they are (they would soften them); always; never: the deconvolution alone "
+                        "(docs/pipeline.md).")
+    p.add_argument("--no-networks", "--deconvolution-only", dest="networks", action="store_const", const="never",
+                   help="The same as --networks never: the per-photo deconvolution alone, faster, but noise and "
+                        "ringing stay (docs/deconvolution.md).")
     p.add_argument("--save-kernel", "--save_kernel", dest="save_kernel", action="store_true",
                    help="Also write the estimated blur kernel as <name>_kernel.png beside each output.")
     p.add_argument("--save-motion", "--save_motion", dest="save_motion", action="store_true",
@@ -176,7 +181,7 @@ def deblur_file(pipe, src: Path, dst: Path, args, tile_progress=None) -> dict:
     exif, icc = _metadata(src)
     output = pipe(array, prompt=args.prompt, num_inference_steps=args.steps, fidelity=args.fidelity,
                   generator=torch.Generator().manual_seed(args.seed), tile_size=args.tile_size or None,
-                  deconvolve=args.deconvolve, networks=args.networks, output_type="np",
+                  deconvolve=args.deconvolve, networks=NETWORKS_MODES[args.networks], output_type="np",
                   callback_on_tile_end=tile_progress)
     fmt = _SAME_FORMAT.get(dst.suffix.lower(), "PNG")
     restored = _to_pil(output.images[0])
@@ -190,10 +195,12 @@ def deblur_file(pipe, src: Path, dst: Path, args, tile_progress=None) -> dict:
         _save_atomic(draw_motion_field(restored.convert("RGB"), output.motion_fields[0], kernel=kernel),
                      dst.with_name(dst.stem + "_motion.png"), "PNG")
     confidence = output.blur_confidences[0] if output.blur_confidences else None
+    weight = output.networks_weights[0] if getattr(output, "networks_weights", None) else None  # older folders: none
     return {"input": str(src), "output": str(dst), "width": int(array.shape[1]), "height": int(array.shape[0]),
             "seconds": round(time.perf_counter() - started, 3),
             "blur": describe_motion_field(output.motion_fields[0]),
             "blur_confidence": None if confidence is None else round(float(confidence), 4),
+            "networks_weight": None if weight is None else round(float(weight), 4),
             "peak_rss_mb": _peak_rss_mb(),
             "settings": {k: getattr(args, k) for k in ("fidelity", "steps", "seed", "prompt", "tile_size",
                                                        "deconvolve", "networks")}}
@@ -204,8 +211,9 @@ def main(argv=None) -> int:
     if not 1 <= args.steps <= 4:
         print("error: --steps must be between 1 and 4", file=sys.stderr)
         return 2
-    if not args.networks and not args.deconvolve:
-        print("error: --no-networks returns the deconvolution alone; it cannot be combined with --no-deconvolve",
+    if args.networks == "never" and not args.deconvolve:
+        print("error: --networks never (--no-networks) returns the deconvolution alone; it cannot be combined "
+              "with --no-deconvolve",
               file=sys.stderr)
         return 2
     if args.tile_size and args.tile_size % 64:

@@ -259,3 +259,60 @@ def tile_grid(height, width, tile_size, tile_overlap, device="cpu"):
 def padded_length(length):
     """``length`` rounded up to the 64-px grid."""
     return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+# ---------------------------------------------------------------- how degraded a photo is (the networks' gate)
+_GRAY = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray, so blur_measure reads as its blur_effect
+
+
+def _luminance(rgb):
+    return sum(w * c for w, c in zip(_GRAY, rgb.float()))
+
+
+def _second_difference(x, dim):
+    n = x.shape[dim] - 2
+    return x.narrow(dim, 0, n) - 2 * x.narrow(dim, 1, n) + x.narrow(dim, 2, n)
+
+
+def noise_floor(rgb, patch=8, quantile=0.02):
+    """Sensor noise of ``[3,H,W]`` in [0, 1]: the standard deviation of a second-difference high-pass of the
+    luminance (Immerkaer's 3x3 mask, scaled to read a white noise's sigma) in its flattest ``patch`` px patches (the
+    ``quantile`` of the patches' deviations). Texture raises some patches, noise all of them, so the floor reads the
+    noise: sharp camera JPEGs 0.000-0.003, the simulator's sensor noise 0.002-0.05 (docs/pipeline.md)."""
+    lum = _luminance(rgb)
+    if min(lum.shape) < patch + 2:
+        return 0.0
+    high = _second_difference(_second_difference(lum, 0), 1) / 6.0  # the separable mask [1, -2, 1] x [1, -2, 1]
+    h, w = (s // patch * patch for s in high.shape)
+    patches = high[:h, :w].reshape(h // patch, patch, w // patch, patch).transpose(1, 2).reshape(-1, patch * patch)
+    return float(torch.quantile(patches.std(dim=1), quantile))
+
+
+def blur_measure(rgb, width=11):
+    """Crete et al.'s no-reference blur of ``[3,H,W]`` in [0, 1] (scikit-image's ``blur_effect``, here in torch so
+    saved folders need no scikit-image): per axis, 1 - (the luminance's edge contrast that a ``width`` px box blur
+    along that axis takes away) / (its edge contrast); a sharp photo loses much of it to the blur, a blurred one
+    little. The larger of the two axes: 0 = sharp .. 1 = very blurred."""
+    lum = _luminance(rgb)
+    if min(lum.shape) < 4:
+        return 0.0
+    scores = []
+    for dim in (0, 1):
+        # the box blur along ``dim`` (edges replicated)
+        before, after = width // 2, width - 1 - width // 2
+        pad = [0, 0, before, after] if dim == 0 else [before, after, 0, 0]
+        window = (width, 1) if dim == 0 else (1, width)
+        blurred = F.avg_pool2d(F.pad(lum[None, None], pad, mode="replicate"), window, stride=1)[0, 0]
+        edges = []
+        for x in (lum, blurred):  # Sobel: a central difference along ``dim``, [1, 2, 1] across
+            d = x.narrow(dim, 2, x.shape[dim] - 2) - x.narrow(dim, 0, x.shape[dim] - 2)
+            o = 1 - dim
+            d = d.narrow(o, 0, d.shape[o] - 2) + 2 * d.narrow(o, 1, d.shape[o] - 2) + d.narrow(o, 2, d.shape[o] - 2)
+            edges.append(d.abs()[1:, 1:])  # scikit-image's [2:-1] crop (the stencils already dropped a line per side)
+        total = float(edges[0].sum())
+        if total <= 0:
+            scores.append(1.0)  # a flat photo has no edge to keep sharp
+            continue
+        kept = float((edges[0] - edges[1]).clamp_min(0).sum())
+        scores.append(abs(total - kept) / total)
+    return max(scores)

@@ -117,7 +117,7 @@ def _blurry(width=96, height=72, seed=0) -> Image.Image:
 
 
 def _deblur(client, path, prompt="", fidelity=0.5, steps=1, seed=0, tile_size=0, tile_overlap=64, guidance_scale=1.0,
-            deconvolve=True, networks=True):
+            deconvolve=True, networks="auto"):
     from gradio_client import handle_file
 
     image = handle_file(str(path)) if path is not None else None
@@ -199,12 +199,36 @@ def test_networks_switch_returns_the_deconvolution_alone(client, tmp_path):
     src = tmp_path / "streaks.png"
     _blurry(256, 192, seed=3).save(src)
     _, _, _, png_on, _ = _deblur(client, src)
-    _, _, _, png_off, report = _deblur(client, src, networks=False)
+    _, _, _, png_off, report = _deblur(client, src, networks="never")
     on, off = (np.asarray(Image.open(p).convert("RGB"), np.float32) for p in (png_on, png_off))
     assert np.abs(on - off).max() > 0 and "deconvolution only" in report and "step(s)" not in report
     with pytest.raises(AppError, match="nothing to do"):
-        _deblur(client, src, deconvolve=False, networks=False)
+        _deblur(client, src, deconvolve=False, networks="never")
     _check_good(client, tmp_path)
+
+
+def test_auto_networks_return_a_sharp_clean_photo_unchanged(client, tmp_path):
+    """The default ("auto"): a sharp photo without noise comes back as it was, and the report says why; "always"
+    runs the networks on it anyway; a setting that is not a choice is refused."""
+    rng = np.random.default_rng(0)  # hard-edged discs and rectangles on a flat background
+    img = np.full((192, 256, 3), 128, np.uint8)
+    yy, xx = np.mgrid[0:192, 0:256]
+    for _ in range(14):
+        colour = rng.integers(25, 230, 3)
+        y, x, r = rng.integers(0, 192), rng.integers(0, 256), rng.integers(8, 40)
+        if rng.random() < 0.5:
+            img[max(0, y - r) : y + r, max(0, x - r // 2) : x + r // 2] = colour
+        else:
+            img[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = colour
+    src = tmp_path / "sharp.png"
+    Image.fromarray(img).save(src)
+    # the tiny random model's kernel search is not the shipped one: off here, so only the photo's measures decide
+    _, _, _, png, report = _deblur(client, src, deconvolve=False)
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), img)
+    assert "networks were skipped" in report
+    _, _, _, png_always, report = _deblur(client, src, deconvolve=False, networks="always")
+    assert not np.array_equal(np.asarray(Image.open(png_always).convert("RGB")), img)
+    assert "networks were skipped" not in report
 
 
 def test_fidelity_one_returns_the_prereconstruction(client, tmp_path):

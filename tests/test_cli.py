@@ -155,7 +155,7 @@ def test_no_networks_writes_the_deconvolution_alone(tmp_path, tiny_model, capsys
     proc = glow_deblur([src, "-o", out, "--no-networks", "--report", out / "r.jsonl"], tiny_model)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "r.jsonl").read_text())
-    assert record["settings"]["networks"] is False
+    assert record["settings"]["networks"] == "never" and record["networks_weight"] == 0.0
     pipe = GLOWDeblurPipeline.from_pretrained(tiny_model)
     photo = torch.from_numpy(np.asarray(Image.open(src), np.float32) / 255).permute(2, 0, 1)
     expected = pipe.blind_deconvolution(photo[None]).image[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255

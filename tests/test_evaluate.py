@@ -148,8 +148,8 @@ def test_evaluate_writes_every_row_with_finite_numbers(evaluation):
     skipped = report["sources"][-1]["skipped"]  # an unreadable file is reported, never replaced or fatal
     assert len(skipped) == 1 and "broken.jpg" in skipped[0] and "1 unreadable files skipped" in markdown
     assert "layout gopro" in report["sources"][1]["note"]
-    expected_rows = ["input", "full", "prerecon", "no_motion", "no_deconv", "deconv_only", "semantic", "steps1",
-                     "steps2", "steps4", "fidelity0", "fidelity0.5"]
+    expected_rows = ["input", "full", "prerecon", "no_motion", "no_deconv", "deconv_only", "networks_always",
+                     "semantic", "steps1", "steps2", "steps4", "fidelity0", "fidelity0.5"]
     for source in report["sources"]:
         assert list(source["rows"]) == expected_rows
         gt_keys = ["psnr", "ssim", "psnr_realblur", "ssim_realblur"] if source["kind"] != "no_reference" else []

@@ -165,8 +165,8 @@ def test_batches(pipe):
     batch = torch.stack([_smooth_image(64, 64, seed=s) for s in range(3)])
     out = pipe(batch, prompt=["", "a dog", "a cat"], generator=_gen(), output_type="pt")
     assert len(out.images) == 3 and len(out.motion_fields) == 3
-    images, motions, pres, kernels, confidences = pipe(batch[:1], return_dict=False, output_type="pt")
-    assert len(images) == len(motions) == len(pres) == len(kernels) == len(confidences) == 1
+    images, motions, pres, kernels, confidences, weights = pipe(batch[:1], return_dict=False, output_type="pt")
+    assert len(images) == len(motions) == len(pres) == len(kernels) == len(confidences) == len(weights) == 1
 
 
 def test_callbacks(pipe):
@@ -296,3 +296,71 @@ def test_without_wiener_for_the_ablation():
     assert not hasattr(p.prereconstruction, "wiener_band_log_scale")
     out = p(_smooth_image(50, 70), generator=_gen(), output_type="pt")
     assert out.images[0].shape == (3, 50, 70) and out.prereconstructions[0].shape == (3, 50, 70)
+
+
+def _shapes_photo(h=192, w=256, seed=0):
+    """Hard-edged rectangles and discs on a flat background: sharp, with flat patches where noise would show."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 0.5, np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(14):
+        colour = rng.uniform(0.1, 0.9, 3)
+        y, x, r = rng.integers(0, h), rng.integers(0, w), rng.integers(8, 40)
+        if rng.random() < 0.5:
+            img[max(0, y - r) : y + r, max(0, x - r // 2) : x + r // 2] = colour
+        else:
+            img[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = colour
+    return torch.from_numpy(img).permute(2, 0, 1)
+
+
+def test_blur_and_noise_measures():
+    """The gate's measures: Crete's blur reads as scikit-image's blur_effect, and rises with a blur; the noise floor
+    reads an added white noise's sigma through the photo's edges, and ~0 on the clean photo."""
+    from skimage.measure import blur_effect
+
+    from glow.image_processing_glowdeblur import blur_measure, noise_floor
+
+    sharp = _shapes_photo()
+    blurred = torch.nn.functional.avg_pool2d(sharp[None], 9, stride=1, padding=4, count_include_pad=False)[0]
+    for x in (sharp, blurred):
+        assert abs(blur_measure(x) - blur_effect(x.permute(1, 2, 0).numpy().astype(np.float64), channel_axis=-1)) < 0.01
+    assert blur_measure(sharp) < 0.3 < 0.6 < blur_measure(blurred)
+    assert noise_floor(sharp) < 1e-4
+    for sigma in (0.005, 0.02):
+        noisy = sharp + sigma * torch.randn(sharp.shape, generator=_gen(1)) / 0.587  # luminance ~ sigma
+        assert 0.75 * sigma < noise_floor(noisy) < 1.25 * sigma, (sigma, noise_floor(noisy))
+    assert blur_measure(sharp[:, :3, :3]) == 0.0 and noise_floor(sharp[:, :5, :5]) == 0.0  # too small: no answer
+
+
+def test_auto_networks_leave_a_sharp_clean_photo_alone(pipe):
+    """networks="auto" (the default): a sharp, clean photo comes back as it was (the networks would soften it); the
+    same photo noisy or blurred gets them in full, as networks=True gives; a weight between blends the two."""
+    sharp = _shapes_photo()
+    auto = pipe(sharp, generator=_gen(), output_type="pt")
+    forced = pipe(sharp, generator=_gen(), output_type="pt", networks=True)
+    assert auto.networks_weights == [0.0] and forced.networks_weights == [1.0]
+    assert auto.blur_confidences == [0.0] and torch.allclose(auto.images[0], sharp, atol=1e-6)
+    assert (forced.images[0] - sharp).abs().mean() > 1e-3
+    noisy = (sharp + 0.03 * torch.randn(sharp.shape, generator=_gen(2))).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(sharp[None], 15, stride=1, padding=7, count_include_pad=False)[0]
+    for photo in (noisy, blurred):
+        out = pipe(photo, generator=_gen(), output_type="pt")
+        assert out.networks_weights == [1.0]
+        assert torch.equal(out.images[0], pipe(photo, generator=_gen(), output_type="pt", networks=True).images[0])
+    from glow.image_processing_glowdeblur import noise_floor
+
+    noise_range = pipe.config.networks_noise_range
+    try:  # the photo's noise floor halfway up the ramp: half the networks' change
+        pipe.register_to_config(networks_noise_range=[0.0, 2 * noise_floor(noisy)])
+        half = pipe(noisy, generator=_gen(), output_type="pt")
+    finally:
+        pipe.register_to_config(networks_noise_range=noise_range)
+    weight = half.networks_weights[0]
+    assert abs(weight - 0.5) < 1e-6
+    alone = pipe(noisy, generator=_gen(), output_type="pt", networks=False).images[0]
+    full = pipe(noisy, generator=_gen(), output_type="pt", networks=True).images[0]
+    inside = (full > 0) & (full < 1)  # the outputs are clipped to [0, 1], the blend is not
+    assert inside.float().mean() > 0.9
+    assert torch.allclose(half.images[0][inside], (alone + weight * (full - alone))[inside], atol=1e-5)
+    with pytest.raises(ValueError, match="networks"):
+        pipe(sharp, networks="sometimes")

@@ -16,7 +16,7 @@ uint8 RGB, no crop, `glow.metrics.psnr`):
   ungated      the same deconvolution with the estimated kernel everywhere, whatever its confidence
   true_kernel  the same non-blind deconvolution given the true kernel, everywhere (the ceiling of the estimate)
   pipeline     the whole pipeline at its defaults (blind deconvolution, then the networks)
-  networks     the pipeline with deconvolve=False (the previous shipped behaviour)
+  networks     the networks alone on the photo (deconvolve=False, networks=True: the previous shipped behaviour)
 and the error ratio PSNR(true) - PSNR(estimated) in dB (Levin et al. 2009 report it as a ratio of errors; in dB it is
 the same number on a log scale), the share of images made worse than the input, per kernel size bin.
 Real photos (--no_reference): skimage blur_effect (lower = sharper) per photo for input / pipeline / networks.
@@ -76,7 +76,9 @@ def parse_args(argv=None):
 
 
 def run_pipe(pipe, image, deconvolve):
-    out = pipe(image, output_type="pt", deconvolve=deconvolve, generator=torch.Generator().manual_seed(0))
+    """The pipeline at its defaults, or (``deconvolve`` False) the networks alone on the photo as it is."""
+    kwargs = {} if deconvolve else {"networks": True}
+    out = pipe(image, output_type="pt", deconvolve=deconvolve, generator=torch.Generator().manual_seed(0), **kwargs)
     return out.images[0], out
 
 

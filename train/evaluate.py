@@ -34,8 +34,10 @@ Rows (--ablations all|none|comma list; "input" and "full" are always included):
   no_motion      without motion guidance: the estimated motion field is replaced by zeros (the simulator's encoding of
                  "no blur") and the Wiener branch receives the blurry input unchanged instead of its deconvolution.
                  The pipeline has no switch for this, so evaluate.py patches the two component calls for this row.
-  no_deconv      the networks on the blurry photo, without the per-photo blind deconvolution (deconvolve=False)
+  no_deconv      the networks on the blurry photo, without the per-photo blind deconvolution (deconvolve=False,
+                 networks=True: the model before the blind deconvolution)
   deconv_only    the blind deconvolution alone, no networks (networks=False)
+  networks_always  the networks on every photo (networks=True), also on those the default "auto" leaves alone
   semantic       with semantic guidance: a degradation prompt instead of the default empty prompt (the prompt
                  dropout mode of training). The prompt is the source's own description when it has one (synthetic:
                  the simulator's description of the blur it applied — an oracle; frames: the dataset's text), else
@@ -79,8 +81,9 @@ ROWS = {
     "full": ("full model (defaults)", {}),
     "prerecon": ("pre-reconstruction only (fidelity=1)", {"fidelity": 1.0}),
     "no_motion": ("without motion guidance", {"motion_guidance": False}),
-    "no_deconv": ("without blind deconvolution (deconvolve=False)", {"deconvolve": False}),
+    "no_deconv": ("the networks alone (deconvolve=False)", {"deconvolve": False, "networks": True}),
     "deconv_only": ("blind deconvolution alone (no networks)", {"networks": False}),
+    "networks_always": ("the networks on every photo (networks=True)", {"networks": True}),
     "semantic": ("with semantic guidance (degradation prompt)", {"prompt": SOURCE_PROMPT}),
     "steps1": ("1 step", {"num_inference_steps": 1}),
     "steps2": ("2 steps", {"num_inference_steps": 2}),

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         blurry = load_image(path).convert("RGB")
         y, x = busiest_window(np.asarray(blurry.convert("L")), args.crop)
         box = (x, y, x + min(args.crop, blurry.width), y + min(args.crop, blurry.height))
-        networks = pipe(blurry, deconvolve=False, generator=torch.Generator().manual_seed(args.seed))
+        networks = pipe(blurry, deconvolve=False, networks=True, generator=torch.Generator().manual_seed(args.seed))
         columns = [("blurry", blurry), ("networks only", networks.images[0])]
         for steps in (int(s) for s in args.steps.split(",")):
             out = pipe(blurry, num_inference_steps=steps, generator=torch.Generator().manual_seed(args.seed))

