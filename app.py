@@ -285,7 +285,7 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
             progress):
     started = time.perf_counter()
     deconvolve = deconvolve is not False
-    # "auto" | "always" | "never"; True / False from API clients of the earlier checkbox
+    # "auto" | "always" | "never" (the radio); True / False from Python callers of deblur()
     mode = networks if isinstance(networks, bool) else NETWORKS_MODES.get(str(networks or "auto").strip().lower())
     if mode is None:
         raise gr.Error(f"Unknown networks setting {networks!r}: use one of {', '.join(NETWORKS_MODES)}.",
@@ -293,7 +293,8 @@ def _deblur(image, prompt, fidelity, steps, seed, tile_size, tile_overlap, guida
     networks = mode
     if not deconvolve and networks is False:
         raise gr.Error("With the blur-kernel removal off and the networks set to never there is nothing to do: tick "
-                       "the one or set the other to auto or always.", title="Nothing to do")
+                       "\"Estimate and remove this photo's blur kernel\" or set the networks to auto or always.",
+                       title="Nothing to do")
     progress(0.0, desc="Reading the image")
     fidelity, steps, seed, tile_size, tile_overlap, guidance_scale = _clamp_settings(
         fidelity, steps, seed, tile_size, tile_overlap, guidance_scale)
