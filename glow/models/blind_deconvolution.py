@@ -672,6 +672,19 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ both
     @torch.no_grad()
+    def unblurred(self, image, return_dict=True):
+        """What ``forward`` returns for photos that hold no blur to remove, without the search: each photo as it is,
+        a delta kernel, confidence 0 (the pipeline calls it for a photo it measures as plainly sharp and clean)."""
+        k = self.config.max_kernel_size
+        delta = torch.zeros(k, k, device=image.device)
+        delta[k // 2, k // 2] = 1.0
+        kernels = delta.expand(len(image), k, k).clone()
+        result = (image, kernels, image.new_zeros(len(image)), torch.stack([kernel_motion(kk) for kk in kernels]))
+        if not return_dict:
+            return result
+        return BlindDeconvolutionOutput(*result)
+
+    @torch.no_grad()
     def forward(self, image, return_dict=True):
         """``[B,3,H,W]`` sRGB in [0, 1] -> deconvolved images, kernels, confidences (one uniform kernel per image;
         with ``gate_tile`` > 0 applied only where it explains the photo, see ``confidence_map``)."""

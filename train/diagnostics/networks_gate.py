@@ -76,20 +76,14 @@ def measure(pipe, name, data, cache):
     return rows
 
 
-def gate_weight(row, noise_range, blur_range, confidence_scale):
-    """GLOWDeblurPipeline.networks_weight on the cached features."""
-    def ramp(value, lo, hi):
-        return min(1.0, max(0.0, (value - lo) / (hi - lo)))
-
-    return max(min(1.0, row["confidence"] / confidence_scale), ramp(row["noise"], *noise_range),
-               ramp(row["blur"], *blur_range))
-
-
-def score(rows, gate):
-    """-> (mean score, mean score of the networks on every photo, worst difference, mean weight)."""
+def score(pipe, rows, gate):
+    """-> (mean score, mean score of the networks on every photo, worst difference, mean weight) with the pipeline's
+    ``networks_weight`` at the gate's settings."""
+    pipe.register_to_config(networks_noise_range=list(gate[0:2]), networks_blur_range=list(gate[2:4]),
+                            networks_confidence=gate[4])
     gated, always, weights = [], [], []
     for row in rows:
-        weight = gate_weight(row, gate[0:2], gate[2:4], gate[4]) if gate else 1.0
+        weight = pipe.networks_weight(row["confidence"], row["noise"], row["blur"])
         d, n = row["deconvolved"].float(), row["networks"].float()
         out = (d + weight * (n - d)).clamp(0, 1)
         ref = row["reference"]
@@ -121,7 +115,7 @@ def main(argv=None):
     for text in args.gates:
         gate = tuple(float(v) for v in text.split(","))
         for name, rows in sets.items():
-            mean, always, worst, weight = score(rows, gate)
+            mean, always, worst, weight = score(pipe, rows, gate)
             report.append(dict(gate=text, set=name, n=len(rows), gated=mean, networks_always=always,
                                difference=mean - always, worst=worst, mean_weight=weight))
             print(f"gate {text} | {name} ({len(rows)}): {mean:.3f} against {always:.3f} with the networks on every "
