@@ -76,8 +76,7 @@ def _time_pipeline(args, image, h, w):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the pipeline's peak (measured first)
     blind = {"confidence": out.blur_confidences[0]} if out.blur_confidences else {}
     blind["networks_weight"] = out.networks_weights[0]
-    confidence = out.blur_confidences[0] if out.blur_confidences else 0.0
-    if args.networks == "auto" and confidence < pipe.config.networks_confidence:  # the gate's two measures ran
+    if args.networks == "auto" or pipe.config.sharp_blur_measure is not None:  # the photo's two measures ran
         from glow.image_processing_glowdeblur import blur_measure, noise_floor
 
         rgb = torch.from_numpy(image).permute(2, 0, 1).float() / 255
