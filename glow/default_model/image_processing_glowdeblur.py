@@ -278,7 +278,7 @@ def noise_floor(rgb, patch=8, quantile=0.02):
     """Sensor noise of ``[3,H,W]`` in [0, 1]: the standard deviation of a second-difference high-pass of the
     luminance (Immerkaer's 3x3 mask, scaled to read a white noise's sigma) in its flattest ``patch`` px patches (the
     ``quantile`` of the patches' deviations). Texture raises some patches, noise all of them, so the floor reads the
-    noise: sharp camera JPEGs 0.000-0.003, the simulator's sensor noise 0.002-0.05 (docs/pipeline.md)."""
+    noise: sharp camera JPEGs 0.000-0.003, the simulator's sensor noise 0.002-0.05 (docs/deconvolution.md)."""
     lum = _luminance(rgb)
     if min(lum.shape) < patch + 2:
         return 0.0
