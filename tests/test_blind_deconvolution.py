@@ -13,7 +13,9 @@ from glow.models.deconvolution_utils import (
     kernel_moments,
     kernel_motion,
     light_source_start,
+    light_trails,
     noise_sigma,
+    trail_fit,
 )
 from glow.presets import build_pipeline
 
@@ -336,6 +338,65 @@ def test_clipped_lights_are_deconvolved_as_light_sources():
     candidates = find_light_sources(glint, true, 0.97)
     assert len(candidates) >= 1
     assert torch.equal(light_source_start(glint[0], candidates, 0.97), glint[0])
+
+
+def night_scene(kernel, lights=8, size=192, seed=5):
+    """A dark textured photo with ``lights`` small lights (5 px disks, ten times white) on a grid, blurred by
+    ``kernel``: each light leaves a clipped trail shaped like the kernel."""
+    sharp = scene(size, seed=seed) * 0.3
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    spots = [(int(x), int(y)) for y in torch.linspace(35, size - 35, 3) for x in torch.linspace(35, size - 35, 3)]
+    for cx, cy in spots[:lights]:
+        sharp = torch.where(((xx - cx) ** 2 + (yy - cy) ** 2 < 5)[None], torch.full_like(sharp, 10.0), sharp)
+    return blur(sharp, kernel)
+
+
+def test_light_trails_check_a_kernel():
+    """``trail_fit``: the true kernel explains the lights' trails' shapes, as small lights far brighter than white; a
+    kernel turned the wrong way explains none, a piece of it the shapes but not as lights.
+    ``light_trails`` finds the same trails whatever the kernel, and leaves out a white wall, a trail cut by the
+    border and a photo without clipped pixels."""
+    true = linear_kernel(17.0, 0.3)
+    true = centre_crop(true, 25) / true.sum()
+    lum = night_scene(true).mean(0)
+    trails = light_trails(lum, 0.97, 25)
+    assert len(trails) == 8
+    assert min(trail_fit(trails, true, 0.97)) >= 0.8
+    turned = centre_crop(linear_kernel(17.0, 0.3 + math.pi / 2), 25)
+    assert trail_fit(trails, turned / turned.sum(), 0.97) == (0.0, 0.0)
+    # a piece of the streak predicts the trails' shape from a dim source spread along each, but not as lights
+    piece = centre_crop(linear_kernel(9.0, 0.3), 25)
+    assert trail_fit(trails, piece / piece.sum(), 0.97)[1] <= 0.2
+    yy, xx = torch.meshgrid(torch.arange(192.0), torch.arange(192.0), indexing="ij")
+    wall = blur(torch.where((xx > 40) & (xx < 150) & (yy > 60) & (yy < 130), 3.0, 0.3).expand(3, -1, -1), true)
+    edge = blur(torch.where((xx - 2) ** 2 + (yy - 96) ** 2 < 5, 10.0, 0.3).expand(3, -1, -1), true)
+    assert light_trails(wall.mean(0), 0.97, 25) == [] and light_trails(edge.mean(0), 0.97, 25) == []
+    assert light_trails(lum.clamp(max=0.9), 0.97, 25) == []
+    assert all(math.isnan(v) for v in trail_fit([], true, 0.97))
+
+
+def test_light_trails_gate_and_confirm_the_search():
+    """In ``estimate_kernel``: a kernel the trails confirm is trusted even where ``spectral_ratio`` alone gives it
+    no confidence (the holes cut around the lights leak power into its zeros); one they contradict gets none (here a
+    search limited to 9 px on a 17 px streak finds a short kernel); with ``trail_min_count`` None the trails are not
+    looked at."""
+    true = linear_kernel(17.0, 0.3)
+    true = centre_crop(true, 25) / true.sum()
+    photo = night_scene(true, lights=4, size=256)
+    kernel, confidence, info = BlindDeconvolution(**SMALL).estimate_kernel(photo)
+    assert info["light_trails"] == 4 and info["trail_lights"] >= 0.8 and confidence == 1.0
+    assert abs(info["length"] - kernel_moments(true)[0]) < 2.0
+    _, unchecked, info = BlindDeconvolution(**SMALL, trail_min_count=None).estimate_kernel(photo)
+    assert info["spectral_ratio"] > 0.5 and unchecked == 0.0 and math.isnan(info["trail_fit"])
+    # the scene blurred by the streak, its lights by the streak turned a quarter turn (lights moving across the
+    # frame): the search finds the scene's streak, which explains none of the trails
+    turned = centre_crop(linear_kernel(17.0, 0.3 + math.pi / 2), 25)
+    turned = turned / turned.sum()
+    lights = night_scene(turned, size=256, lights=4) - blur(scene(256, seed=5) * 0.3, turned)
+    photo = (blur(scene(256, seed=5) * 0.3, true) + lights).clamp(0, 1)
+    _, unchecked, _ = BlindDeconvolution(**SMALL, trail_min_count=None).estimate_kernel(photo)
+    kernel, checked, info = BlindDeconvolution(**SMALL).estimate_kernel(photo)
+    assert unchecked > 0.5 and info["light_trails"] == 4 and info["trail_fit"] <= 0.2 and checked == 0.0
 
 
 def test_the_search_runs_on_the_most_edge_rich_region_only():
