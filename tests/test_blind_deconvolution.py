@@ -376,18 +376,20 @@ def test_light_trails_check_a_kernel():
 
 
 def test_light_trails_gate_and_confirm_the_search():
-    """In ``estimate_kernel``: a kernel the trails confirm is trusted even where ``spectral_ratio`` alone gives it
-    no confidence (the holes cut around the lights leak power into its zeros); one they contradict gets none (here a
+    """In ``estimate_kernel``: with ``trail_trust`` set, a kernel the trails confirm is trusted even where
+    ``spectral_ratio`` alone gives it no confidence (the holes cut around the lights leak power into its zeros);
+    one they contradict gets none (here a
     search limited to 9 px on a 17 px streak finds a short kernel); with ``trail_min_count`` None the trails are not
     looked at."""
     true = linear_kernel(17.0, 0.3)
     true = centre_crop(true, 25) / true.sum()
     photo = night_scene(true, lights=4, size=256)
-    kernel, confidence, info = BlindDeconvolution(**SMALL).estimate_kernel(photo)
+    kernel, confidence, info = BlindDeconvolution(**SMALL, trail_trust=0.8).estimate_kernel(photo)
     assert info["light_trails"] == 4 and info["trail_lights"] >= 0.8 and confidence == 1.0
     assert abs(info["length"] - kernel_moments(true)[0]) < 2.0
     _, unchecked, info = BlindDeconvolution(**SMALL, trail_min_count=None).estimate_kernel(photo)
     assert info["spectral_ratio"] > 0.5 and unchecked == 0.0 and math.isnan(info["trail_fit"])
+    assert BlindDeconvolution(**SMALL).estimate_kernel(photo)[1] == 0.0  # the trust is off by default
     # the scene blurred by the streak, its lights by the streak turned a quarter turn (lights moving across the
     # frame): the search finds the scene's streak, which explains none of the trails
     turned = centre_crop(linear_kernel(17.0, 0.3 + math.pi / 2), 25)

@@ -164,11 +164,11 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         trail_min_count / trail_fit_range / trail_trust: a photo with at least ``trail_min_count`` clipped lights'
             trails (``light_trails``) has its motion kernel checked against them (``trail_fit``). The share of trails
             whose shape the kernel explains scales its confidence: none below the first value of ``trail_fit_range``,
-            full above the second. Where it explains ``trail_trust`` of them or more as small bright lights, the trails
-            confirm it and ``spectral_ratio`` no longer lowers its confidence (the holes cut around the lights leak
-            power into the kernel's zeros). ``trail_min_count`` None: never. Kodak shake with clipped lights
-            (``eval_kernels.py --lights 40``, two draws) and no trail on the Kodak draws without lights, the real
-            photos or the held-out frames: docs/deconvolution.md, "Light trails check the kernel".
+            full above the second. ``trail_min_count`` None: never. ``trail_trust`` (None: off, the default): where
+            the kernel explains that share of the trails or more as small bright lights, ``spectral_ratio`` no longer
+            lowers its confidence. It helped on Kodak shake with clipped lights but made night versions of the same
+            photos worse (many wrong kernels explain a dark scene's compact trails); docs/deconvolution.md, "Light
+            trails check the kernel".
     """
 
     config_name = "config.json"
@@ -214,7 +214,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         defocus_dip_range: tuple = (0.9, 1.4),
         trail_min_count: int = 3,
         trail_fit_range: tuple = (0.2, 0.5),
-        trail_trust: float = 0.8,
+        trail_trust: float = None,
     ):
         super().__init__()
         # the channel weights of the luminance the kernel is estimated on; the component's only tensor (diffusers
@@ -561,7 +561,7 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
             fit, as_lights = trail_fit(trails, kernels.mean(0), cfg.saturation)
             lo, hi = cfg.trail_fit_range
             confidence *= min(1.0, max(0.0, (fit - lo) / max(hi - lo, 1e-9)))
-            if as_lights >= cfg.trail_trust:
+            if cfg.trail_trust is not None and as_lights >= cfg.trail_trust:
                 ratio_confidence = 1.0
         confidence *= ratio_confidence
         if cfg.unanimous_blur and not unanimous[0]:  # one hypothesis found no blur: a sharp photo's texture, not blur
