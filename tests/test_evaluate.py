@@ -327,7 +327,8 @@ def test_eval_kernels_linear_kind_with_lights_and_jpeg(tiny_pipeline_dir, tmp_pa
     Image.fromarray(_smooth_image(8, (96, 112))).save(sharp / "a.png")
     pipe = GLOWDeblurPipeline.from_pretrained(tiny_pipeline_dir)
     rows = {}
-    for name, extra in (("plain", []), ("lights", ["--lights", "2000"]), ("jpeg", ["--jpeg", "20"])):
+    for name, extra in (("plain", []), ("lights", ["--lights", "2000"]), ("jpeg", ["--jpeg", "20"]),
+                        ("night", ["--lights", "2000", "--scene_brightness", "0.3"])):
         args = eval_kernels.parse_args(["--synthetic", str(sharp), "--kind", "linear", "--extent", "9,10",
                                         "--no_networks", "--output_dir", str(tmp_path / name)] + extra)
         (rows[name],) = eval_kernels.synthetic_rows(pipe, args)
@@ -335,6 +336,7 @@ def test_eval_kernels_linear_kind_with_lights_and_jpeg(tiny_pipeline_dir, tmp_pa
     assert rows["lights"]["true_length"] == rows["plain"]["true_length"]  # the same draws, lights added after
     assert rows["lights"]["input"] < rows["plain"]["input"] - 1 and rows["jpeg"]["input"] < rows["plain"]["input"]
     assert rows["plain"]["true_kernel"] > rows["plain"]["input"] + 2  # measured +4.0 dB
+    assert rows["night"]["true_length"] == rows["plain"]["true_length"] and rows["night"]["input"] != rows["lights"]["input"]
     assert all(math.isfinite(r[k]) for r in rows.values() for k in ("estimated", "ungated", "true_kernel"))
 
 

@@ -8,7 +8,8 @@ Synthetic: every image (full size) is blurred with one of the engine's camera-sh
 (`glow.data.kernels.camera_shake_kernel`, extent drawn uniformly in --extent, seed `--seed + i`), with `--kind linear`
 a straight streak (`glow.data.kernels.linear_kernel`, length drawn in --extent, any direction), or with `--kind
 defocus` a disk (`glow.data.kernels.defocus_kernel`, radius drawn uniformly in --radius), plus Gaussian noise of
---noise and 8-bit quantisation; optionally saturated highlights (--lights) and JPEG (--jpeg). Rows per image (PSNR,
+--noise and 8-bit quantisation; optionally saturated highlights (--lights, on a scene darkened by --scene_brightness)
+and JPEG (--jpeg). Rows per image (PSNR,
 uint8 RGB, no crop, `glow.metrics.psnr`):
   input        the blurry image
   estimated    BlindDeconvolution alone (its forward, as the pipeline calls it): estimated kernel, its non-blind
@@ -65,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--lights", type=float, default=0.0,
                    help="clipped lights per MP: 5x5 px squares 10x brighter than white in the sharp photo before the "
                         "blur, so the blurry one has saturated highlights (the reference is the sharp photo clipped)")
+    p.add_argument("--scene_brightness", type=float, default=1.0,
+                   help="the sharp photo is scaled by this before the lights are added (0.3: a night scene, whose "
+                        "lights' trails are compact: only the kernel's densest part clips)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_images", type=int, default=0)
     p.add_argument("--no_networks", action="store_true", help="skip the pipeline/networks rows (kernel rows only)")
@@ -102,7 +106,7 @@ def synthetic_rows(pipe, args):
     rows = []
     for i, path in enumerate(files):
         rng = np.random.default_rng(args.seed + i)
-        sharp = image_to_tensor(path).float().clamp(0, 1)
+        sharp = image_to_tensor(path).float().clamp(0, 1) * args.scene_brightness
         extent = float(rng.uniform(lo, hi))  # the shake's extent, the streak's length or the disk's radius
         if args.kind == "camera_shake":
             kernel = camera_shake_kernel(rng, extent=extent)[0]
