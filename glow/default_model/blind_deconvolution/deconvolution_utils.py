@@ -1,8 +1,8 @@
 # Self-contained like blind_deconvolution.py, which imports it relatively: copied beside it into its folder of a
 # saved pipeline. Only torch, the standard library and, for labelling clipped regions, scipy.ndimage (with numpy).
 """The small pieces of blind deconvolution: colour and padding, the Fourier domain (OTFs, image gradients), the
-noise estimate, the blur kernel's projection, centring, resizing and moments (its length and direction), and clipped
-lights modelled as light sources."""
+noise estimate, the blur kernel's projection, centring, resizing and moments (its length and direction), clipped
+lights modelled as light sources, and their trails as a check on a kernel."""
 
 import math
 
