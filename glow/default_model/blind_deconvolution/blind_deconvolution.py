@@ -495,16 +495,16 @@ class BlindDeconvolution(ModelMixin, ConfigMixin):
         down = min(1.0, cfg.estimation_max_side / max(h, w))
         if down < 1.0:
             lum = F.interpolate(lum, scale_factor=down, mode="bilinear", antialias=True, align_corners=False)
+        if min(lum.shape[-2:]) < 32:  # too small to hold any blur estimate
+            delta = torch.zeros(cfg.max_kernel_size, cfg.max_kernel_size, device=lum.device)
+            delta[cfg.max_kernel_size // 2, cfg.max_kernel_size // 2] = 1
+            return delta, 0.0, {"length": 0.0, "width": 0.0, "angle": 0.0, "regions": [], "scale": down}
         saturated = (lum >= cfg.saturation).to(lum.dtype)
         trails = []
         if cfg.trail_min_count is not None and float(saturated.max()) > 0:
             trails = light_trails(lum[0, 0], cfg.saturation, max(3, int(round(cfg.max_kernel_size * down))))
         if cfg.linear_light:
             lum = srgb_to_linear(lum)
-        if min(lum.shape[-2:]) < 32:  # too small to hold any blur estimate
-            delta = torch.zeros(cfg.max_kernel_size, cfg.max_kernel_size, device=lum.device)
-            delta[cfg.max_kernel_size // 2, cfg.max_kernel_size // 2] = 1
-            return delta, 0.0, {"length": 0.0, "width": 0.0, "angle": 0.0, "regions": [], "scale": down}
         size, corners = self._regions(lum)
         sizes = sorted({min(int(s) | 1, cfg.max_kernel_size) for s in cfg.kernel_sizes})
         # at the estimation scale, and at most half the region (a kernel must be smaller than what it blurs)
